@@ -1,0 +1,307 @@
+"""Datasets as uint8 tensors on the run's device, seeded splits, and the one place batches are split.
+
+Every dataset ends up as ``uint8`` images of shape (N, C, H, W) plus ``int64`` labels. Images stay
+uint8 on the device; normalization and (CIFAR-10 only) augmentation run batched there, so the
+training loop has no DataLoader and no per-sample Python.
+
+Where data comes from:
+
+* ``digits``: scikit-learn's 8x8 digits (ships with scikit-learn, always offline). It has no
+  official split, so a seeded 20% (360 images) is its test set.
+* ``mnist`` / ``fashion-mnist``: torchvision's layout, IDX files in ``DATA_DIR/MNIST/raw`` or
+  ``DATA_DIR/FashionMNIST/raw``. ``fashion-mnist`` is also taken from Debian's
+  ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``) with no download.
+* ``cifar10``: torchvision's layout, the python pickle batches in
+  ``DATA_DIR/cifar-10-batches-py``.
+
+Missing files are downloaded by torchvision when the network allows; otherwise
+``DataUnavailableError`` says where we looked and what to do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from study.config import DATASET_SIZES, TrainConfig
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# The validation split is the same for every run (whatever cfg.seed), so validation accuracies of
+# different seeds and trials are measured on the same images.
+SPLIT_SEED = 0
+NUM_CLASSES = 10
+CIFAR_PAD = 4  # random-crop padding, as in the standard CIFAR-10 recipe
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+class DataUnavailableError(RuntimeError):
+    """The dataset is not on disk and could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    """Official splits as uint8 (N, C, H, W) images and int64 labels, on the CPU."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """The three splits of one run, resident on its device.
+
+    ``train_eval_*`` is a fixed subset of the training split on which train accuracy is measured
+    in eval mode (no augmentation), the fair side of the generalization gap.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    train_eval_images: torch.Tensor
+    train_eval_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    mean: torch.Tensor  # (1, C, 1, 1) float32, per-channel mean of the training split in [0, 1]
+    std: torch.Tensor  # (1, C, 1, 1)
+    augment: bool
+
+    @property
+    def channels(self) -> int:
+        return int(self.train_images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[-1])
+
+
+# --- readers -------------------------------------------------------------------------------------
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (plain or .gz), the format of MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim)  # writable
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} but holds {data.size} bytes")
+    return data.reshape(shape)
+
+
+def _find_idx(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _install_debian_fashion_mnist(raw_folder: Path) -> bool:
+    """Decompress Debian's Fashion-MNIST into torchvision's layout; True when it was there."""
+    if not all(_find_idx(DEBIAN_FASHION_MNIST, n) for pair in _IDX_FILES.values() for n in pair):
+        return False
+    raw_folder.mkdir(parents=True, exist_ok=True)
+    for pair in _IDX_FILES.values():
+        for name in pair:
+            source = _find_idx(DEBIAN_FASHION_MNIST, name)
+            assert source is not None
+            target = raw_folder / name
+            if source.suffix == ".gz":
+                with gzip.open(source, "rb") as fin, open(target, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+            else:
+                shutil.copyfile(source, target)
+    return True
+
+
+def _download(dataset: str, data_dir: Path, looked_in: Path) -> None:
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[dataset]
+    try:
+        for train in (True, False):
+            cls(str(data_dir), train=train, download=True)
+    except Exception as exc:  # network errors come in many types (URLError, OSError, HTTPError)
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise DataUnavailableError(
+            f"{dataset} is not in {looked_in} and the download failed ({reason}); put the "
+            f"dataset there in torchvision's format or pass --data-dir to where it is"
+        ) from None
+
+
+def _load_idx_dataset(dataset: str, data_dir: Path) -> RawDataset:
+    raw_folder = data_dir / _TORCHVISION_FOLDER[dataset] / "raw"
+    names = [n for pair in _IDX_FILES.values() for n in pair]
+    missing = not all(_find_idx(raw_folder, n) for n in names)
+    if missing and not (dataset == "fashion-mnist" and _install_debian_fashion_mnist(raw_folder)):
+        _download(dataset, data_dir, raw_folder)
+    arrays = {}
+    for split, (images, labels) in _IDX_FILES.items():
+        img_path, lbl_path = _find_idx(raw_folder, images), _find_idx(raw_folder, labels)
+        assert img_path is not None and lbl_path is not None
+        arrays[split] = (read_idx(img_path)[:, None], read_idx(lbl_path))  # (N, 1, 28, 28)
+    return _raw(arrays["train"], arrays["test"])
+
+
+def _load_cifar10(data_dir: Path) -> RawDataset:
+    folder = data_dir / "cifar-10-batches-py"
+    train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
+    test_files = [folder / "test_batch"]
+    if not all(p.is_file() for p in train_files + test_files):
+        _download("cifar10", data_dir, folder)
+
+    def read(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = [], []
+        for path in files:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        return np.concatenate(images), np.concatenate(labels)
+
+    return _raw(read(train_files), read(test_files))
+
+
+def _load_digits() -> RawDataset:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # 0..16 intensities -> 0..255, so every dataset shares one uint8 pipeline
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    labels = digits.target.astype(np.int64)
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SPLIT_SEED)).numpy()
+    n_test = DATASET_SIZES["digits"][1]
+    test, train = order[:n_test], order[n_test:]
+    return _raw((images[train], labels[train]), (images[test], labels[test]))
+
+
+def _raw(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> RawDataset:
+    def images(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.uint8))
+
+    def labels(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(a, dtype=np.int64).copy())
+
+    return RawDataset(images(train[0]), labels(train[1]), images(test[0]), labels(test[1]))
+
+
+def load_raw(dataset: str, data_dir: str | Path) -> RawDataset:
+    """Official train and test splits of ``dataset`` as CPU tensors."""
+    data_dir = Path(data_dir)
+    if dataset == "digits":
+        return _load_digits()
+    if dataset in _TORCHVISION_FOLDER:
+        return _load_idx_dataset(dataset, data_dir)
+    if dataset == "cifar10":
+        return _load_cifar10(data_dir)
+    raise ValueError(f"unknown dataset {dataset!r}")
+
+
+# --- splits --------------------------------------------------------------------------------------
+def make_splits(cfg: TrainConfig, device: torch.device, raw: RawDataset | None = None) -> DataSplits:
+    """Carve the seeded validation split (and optional subset) and move everything to ``device``."""
+    raw = raw if raw is not None else load_raw(cfg.dataset, cfg.data_dir)
+    n_pool = len(raw.train_labels)
+    n_val = cfg.num_val
+    if n_val >= n_pool:
+        raise ValueError(f"val_size {cfg.val_size} leaves no training data ({n_pool} images)")
+    order = torch.randperm(n_pool, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if cfg.train_subset is not None:
+        train_idx = train_idx[: cfg.train_subset]
+    train_images = raw.train_images[train_idx]
+    # per-channel statistics of the images we train on, in [0, 1]
+    as_float = train_images.float().div_(255)
+    mean = as_float.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+    std = as_float.std(dim=(0, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1)
+    eval_idx = torch.arange(min(cfg.train_eval_size, len(train_idx)))  # train_idx is already random
+
+    def put(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device, non_blocking=True)
+
+    return DataSplits(
+        train_images=put(train_images),
+        train_labels=put(raw.train_labels[train_idx]),
+        train_eval_images=put(train_images[eval_idx]),
+        train_eval_labels=put(raw.train_labels[train_idx][eval_idx]),
+        val_images=put(raw.train_images[val_idx]),
+        val_labels=put(raw.train_labels[val_idx]),
+        test_images=put(raw.test_images),
+        test_labels=put(raw.test_labels),
+        mean=put(mean),
+        std=put(std),
+        augment=cfg.dataset == "cifar10",
+    )
+
+
+# --- on-device preprocessing ---------------------------------------------------------------------
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> standardized float32."""
+    return (images.float().div_(255) - mean) / std
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip, batched, on uint8 images.
+
+    Equivalent to torchvision's ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip()`` applied
+    per sample, but one gather for the whole batch.
+    """
+    b, c, h, w = images.shape
+    device = images.device
+    padded = torch.nn.functional.pad(images, (CIFAR_PAD,) * 4)  # (B, C, H+8, W+8)
+    dy = torch.randint(0, 2 * CIFAR_PAD + 1, (b,), device=device, generator=generator)
+    dx = torch.randint(0, 2 * CIFAR_PAD + 1, (b,), device=device, generator=generator)
+    flip = torch.rand(b, device=device, generator=generator) < 0.5
+    rows = dy[:, None] + torch.arange(h, device=device)  # (B, H)
+    cols = dx[:, None] + torch.arange(w, device=device)  # (B, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flip reverses the column order
+    batch_idx = torch.arange(b, device=device)[:, None, None, None]
+    chan_idx = torch.arange(c, device=device)[None, :, None, None]
+    return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def epoch_batches(
+    num_samples: int,
+    *,
+    effective_batch_size: int,
+    micro_batch_size: int,
+    generator: torch.Generator,
+    device: torch.device | None = None,
+) -> Iterator[list[torch.Tensor]]:
+    """The one place batches are formed and split.
+
+    Draws a seeded permutation of the training set, cuts it into effective batches, then splits
+    each effective batch into ``effective // micro`` micro-batches. Accumulation therefore changes
+    how a batch is split, never which samples form it.
+
+    The last incomplete effective batch of an epoch is dropped: every optimizer step then averages
+    exactly ``effective_batch_size`` samples, so steps are comparable across accumulation settings
+    and accumulation stays exact. The permutation changes every epoch, so no sample is excluded
+    systematically; at most ``effective_batch_size - 1`` samples sit out a given epoch.
+
+    Yields:
+        For each optimizer step, a list of index tensors on ``device``, one per micro-batch. The
+        permutation is drawn on the CPU (same order on every device) and moved once per epoch.
+    """
+    if effective_batch_size % micro_batch_size:
+        raise ValueError("effective batch size must be a multiple of the micro-batch size")
+    order = torch.randperm(num_samples, generator=generator).to(device or "cpu", non_blocking=True)
+    for step in range(num_samples // effective_batch_size):
+        batch = order[step * effective_batch_size : (step + 1) * effective_batch_size]
+        yield list(batch.split(micro_batch_size))

@@ -1,0 +1,57 @@
+"""Shared fixtures: small dataset files in the real on-disk formats, written by the tests."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = False) -> None:
+    """Write an unsigned-byte IDX file (MNIST's format): magic 0x0000 0x08 ndim, big-endian dims."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def write_mnist_like(raw_folder: Path, *, n_train: int, n_test: int, seed: int = 0, gz: bool = False):
+    """IDX files in torchvision's layout; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        suffix = ".gz" if gz else ""
+        write_idx(raw_folder / f"{prefix}-images-idx3-ubyte{suffix}", images, gz=gz)
+        write_idx(raw_folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, gz=gz)
+        out[prefix] = (images, labels)
+    return out
+
+
+def write_cifar10(folder: Path, *, per_batch: int, seed: int = 0):
+    """CIFAR-10 python pickle batches (data_batch_1..5, test_batch) as torchvision expects."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=per_batch).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels}, f)
+        written[name] = (data, labels)
+    return written
+
+
+@pytest.fixture
+def offline_env(monkeypatch):
+    """Send any download to a closed local port, so a test never fetches data from outside."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)

@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+import torch
+
+from study.config import TrainConfig
+from study.data import (
+    DEBIAN_FASHION_MNIST,
+    DataUnavailableError,
+    augment,
+    epoch_batches,
+    load_raw,
+    make_splits,
+    normalize,
+)
+from tests.conftest import write_cifar10, write_mnist_like
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(("dataset", "folder"), [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_idx_files_in_torchvision_layout_are_read(tmp_path, dataset, folder, gz):
+    written = write_mnist_like(tmp_path / folder / "raw", n_train=50, n_test=20, gz=gz)
+    raw = load_raw(dataset, tmp_path)
+    assert raw.train_images.shape == (50, 1, 28, 28) and raw.train_images.dtype == torch.uint8
+    assert raw.test_images.shape == (20, 1, 28, 28)
+    np.testing.assert_array_equal(raw.train_images[:, 0].numpy(), written["train"][0])
+    np.testing.assert_array_equal(raw.test_labels.numpy(), written["t10k"][1])
+    assert raw.train_labels.dtype == torch.int64
+
+
+def test_cifar10_pickle_batches_are_read(tmp_path):
+    written = write_cifar10(tmp_path / "cifar-10-batches-py", per_batch=12)
+    raw = load_raw("cifar10", tmp_path)
+    assert raw.train_images.shape == (60, 3, 32, 32) and raw.test_images.shape == (12, 3, 32, 32)
+    data, labels = written["data_batch_2"]
+    # row layout of a CIFAR batch: 1024 red, 1024 green, 1024 blue values, row-major
+    np.testing.assert_array_equal(raw.train_images[12].numpy(), data[0].reshape(3, 32, 32))
+    assert raw.train_labels[12:24].tolist() == labels
+    assert raw.test_labels.tolist() == written["test_batch"][1]
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian dataset-fashion-mnist absent")
+def test_fashion_mnist_comes_from_the_debian_package(tmp_path, offline_env):
+    raw = load_raw("fashion-mnist", tmp_path)
+    assert raw.train_images.shape == (60_000, 1, 28, 28)
+    assert raw.test_images.shape == (10_000, 1, 28, 28)
+    assert sorted(raw.train_labels.unique().tolist()) == list(range(10))
+    assert raw.train_labels.bincount().tolist() == [6000] * 10  # the real dataset is balanced
+    assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+
+
+@pytest.mark.parametrize(("dataset", "where"), [("mnist", "MNIST/raw"), ("cifar10", "cifar-10-batches-py")])
+def test_missing_data_offline_says_where_it_looked(tmp_path, offline_env, dataset, where):
+    with pytest.raises(DataUnavailableError) as info:
+        load_raw(dataset, tmp_path)
+    message = str(info.value)
+    assert f"{dataset} is not in {tmp_path / where}" in message
+    assert "download failed" in message and "--data-dir" in message
+
+
+def test_digits_are_offline_uint8_with_a_seeded_test_split():
+    a, b = load_raw("digits", "unused"), load_raw("digits", "unused")
+    assert a.train_images.shape == (1437, 1, 8, 8) and a.test_images.shape == (360, 1, 8, 8)
+    assert int(a.train_images.max()) == 255
+    assert torch.equal(a.test_labels, b.test_labels) and torch.equal(a.test_images, b.test_images)
+
+
+def test_splits_are_disjoint_fixed_and_sized(tmp_path):
+    write_mnist_like(tmp_path / "MNIST" / "raw", n_train=300, n_test=40)
+    cfg = TrainConfig(
+        dataset="mnist",
+        data_dir=str(tmp_path),
+        val_size=50,
+        train_subset=None,
+        batch_size=8,
+        train_eval_size=30,
+    )
+    # config sizes come from the real dataset; the files here are smaller, so split them directly
+    raw = load_raw("mnist", tmp_path)
+    splits = make_splits(cfg, torch.device("cpu"), raw)
+    assert len(splits.val_labels) == 50 and len(splits.train_labels) == 250
+    assert len(splits.train_eval_labels) == 30 and len(splits.test_labels) == 40
+    flat = lambda t: {bytes(row) for row in t.reshape(len(t), -1).numpy()}  # noqa: E731
+    assert not flat(splits.val_images) & flat(splits.train_images)
+    assert flat(splits.train_eval_images) <= flat(splits.train_images)
+    again = make_splits(cfg.replace(seed=7), torch.device("cpu"), raw)
+    assert torch.equal(again.val_images, splits.val_images)  # same validation set for any seed
+
+
+def test_normalize_standardizes_the_training_split():
+    cfg = TrainConfig()
+    splits = make_splits(cfg, torch.device("cpu"))
+    x = normalize(splits.train_images, splits.mean, splits.std)
+    assert x.dtype == torch.float32
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1) < 1e-3
+
+
+def _reference_crop_flip(image: torch.Tensor, dy: int, dx: int, flip: bool) -> torch.Tensor:
+    padded = torch.nn.functional.pad(image, (4, 4, 4, 4))
+    crop = padded[:, dy : dy + 32, dx : dx + 32]
+    return crop.flip(-1) if flip else crop
+
+
+def test_batched_augmentation_equals_per_sample_crop_and_flip():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = augment(images, torch.Generator().manual_seed(3))
+    # replay the same random draws to get each sample's offsets and flip
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randint(0, 9, (64,), generator=g)
+    dx = torch.randint(0, 9, (64,), generator=g)
+    flip = torch.rand(64, generator=g) < 0.5
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    assert 0 < int(flip.sum()) < 64 and len(set(dy.tolist())) > 1
+    for i in range(64):
+        expected = _reference_crop_flip(images[i], int(dy[i]), int(dx[i]), bool(flip[i]))
+        assert torch.equal(out[i], expected), i
+
+
+def test_accumulation_changes_the_split_never_the_samples():
+    whole = list(
+        epoch_batches(
+            100, effective_batch_size=32, micro_batch_size=32, generator=torch.Generator().manual_seed(5)
+        )
+    )
+    split = list(
+        epoch_batches(
+            100, effective_batch_size=32, micro_batch_size=8, generator=torch.Generator().manual_seed(5)
+        )
+    )
+    assert len(whole) == len(split) == 3  # 100 // 32: the incomplete last batch is dropped
+    for (batch,), micro in zip(whole, split, strict=True):
+        assert len(micro) == 4 and all(len(m) == 8 for m in micro)
+        assert torch.equal(batch, torch.cat(micro))
+    seen = torch.cat([b for (b,) in whole])
+    assert len(set(seen.tolist())) == 96
