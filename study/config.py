@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # Datasets the project knows, with the size of the official training split (before the validation
@@ -81,7 +81,7 @@ class TrainConfig:
     drop_path: float = 0.0
     label_smoothing: float = 0.0
     train_subset: int | None = None
-    val_size: float = field(default=0.1)
+    val_size: float = 0.1
     train_eval_size: int = 1000
     seed: int = 0
     device: str = "auto"
@@ -115,15 +115,12 @@ class TrainConfig:
     @property
     def num_val(self) -> int:
         """Number of validation images carved from the official training split."""
-        full_train = DATASET_SIZES[self.dataset][0]
-        if self.val_size < 1:
-            return int(round(self.val_size * full_train))
-        return int(self.val_size)
+        return validation_size(self.dataset, self.val_size)
 
     @property
     def num_train(self) -> int:
         """Number of images the optimizer trains on."""
-        available = DATASET_SIZES[self.dataset][0] - self.num_val
+        available = available_training_images(self.dataset, self.val_size)
         return available if self.train_subset is None else self.train_subset
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -139,6 +136,18 @@ class TrainConfig:
             lr=self.lr,
         )
         return out
+
+
+def validation_size(dataset: str, val_size: float) -> int:
+    """Validation images for ``val_size`` (a fraction below 1, else a count) of ``dataset``."""
+    if val_size < 1:
+        return int(round(val_size * DATASET_SIZES[dataset][0]))
+    return int(val_size)
+
+
+def available_training_images(dataset: str, val_size: float = 0.1) -> int:
+    """Training images left once the validation split is carved out (the most train_subset can be)."""
+    return DATASET_SIZES[dataset][0] - validation_size(dataset, val_size)
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...] | list[str]) -> None:
@@ -195,7 +204,7 @@ def validate(cfg: TrainConfig) -> None:
             f"val_size {cfg.val_size!r} leaves no training data: {cfg.dataset} has {full_train} "
             "training images"
         )
-    available = full_train - cfg.num_val
+    available = available_training_images(cfg.dataset, cfg.val_size)
     if cfg.train_subset is not None and not 1 <= cfg.train_subset <= available:
         raise ValueError(
             f"train_subset must be in [1, {available}] for {cfg.dataset} with val_size "

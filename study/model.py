@@ -6,7 +6,7 @@ every stage's resolution is a whole number of windows:
 =========  =====  ======  ========================  ===========================
 image      patch  window  stage resolutions         windows per stage
 =========  =====  ======  ========================  ===========================
-8 px       1      4       8x8, 4x4                  2x2, 1x1
+8 px       2      2       4x4, 2x2                  2x2, 1x1
 28 px      2      7       14x14, 7x7                2x2, 1x1
 32 px      2      4       16x16, 8x8                4x4, 2x2
 =========  =====  ======  ========================  ===========================
@@ -38,7 +38,7 @@ PRESETS: dict[str, SwinPreset] = {
 }
 
 # image size -> (patch size, window size); see the table in the module docstring
-GEOMETRY: dict[int, tuple[int, int]] = {8: (1, 4), 28: (2, 7), 32: (2, 4)}
+GEOMETRY: dict[int, tuple[int, int]] = {8: (2, 2), 28: (2, 7), 32: (2, 4)}
 
 
 def build_model(

@@ -144,12 +144,12 @@ def test_every_epoch_records_the_metrics():
 
 def test_short_digits_run_learns_far_above_chance():
     cfg = TrainConfig(
-        dataset="digits", model="swin-nano", batch_size=16, epochs=12, base_lr=2e-3, device="cpu"
+        dataset="digits", model="swin-nano", batch_size=16, epochs=5, base_lr=1e-3, device="cpu"
     )
     result = train(cfg)
     assert result.status == "completed"
-    assert result.final["val_accuracy"] > 0.6  # chance is 0.1
-    assert result.final["test_accuracy"] > 0.6
+    assert result.final["val_accuracy"] > 0.8  # chance is 0.1
+    assert result.final["test_accuracy"] > 0.8
 
 
 def _cli(*args):

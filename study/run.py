@@ -1,0 +1,341 @@
+"""``python -m study.run``: an Optuna study, with pruning, over a search space of the Swin trainer.
+
+Every input a user can get wrong is checked before the storage is touched, so a bad command exits
+2 with one line and leaves no empty study behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from search_spaces import SearchSpace, SpaceError, available, load_space
+from study.cli import ArgumentParser, fail
+from study.config import DATASET_SIZES, TrainConfig
+from study.data import DataUnavailableError
+from study.objective import Objective
+from study.storage import (
+    DEFAULT_STORAGE,
+    STORAGE_ENV,
+    StorageError,
+    mask,
+    open_storage,
+    resolve_url,
+    study_exists,
+)
+
+PROG = "study.run"
+SAMPLERS = ("tpe", "qmc", "random")
+PRUNERS = ("hyperband", "median", "none")
+BUDGETS = ("quick", "standard")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+# Study attributes that must match when a study is resumed: mixing them would mix incomparable trials.
+IDENTITY_ATTRS = ("dataset", "space", "budget")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog=PROG,
+        description=(
+            "Run (or resume) an Optuna study over accumulation steps, learning-rate scaling, base lr, "
+            "dropout / drop-path and weight decay on the Swin trainer. Trials are pruned on validation "
+            "accuracy; the study maximizes the last epoch's validation accuracy."
+        ),
+    )
+    parser.add_argument("--dataset", required=True, choices=list(DATASET_SIZES), help="dataset to train on")
+    parser.add_argument(
+        "--space",
+        default="overfitting",
+        help=f"search space: a name in search_spaces/ ({', '.join(available())}) or a TOML path (default: overfitting)",
+    )
+    parser.add_argument(
+        "--study-name", help="study name (default: DATASET-SPACE-BUDGET); an existing study is resumed"
+    )
+    parser.add_argument(
+        "--storage",
+        help=f"SQLAlchemy URL (default: ${STORAGE_ENV} or sqlite:///storage/studies.db); PostgreSQL: "
+        "postgresql+psycopg://user@host/db, with the password in $STUDY_STORAGE to keep it off the command line",
+    )
+    parser.add_argument("--n-trials", type=int, default=20, help="trials to add to the study (default: 20)")
+    parser.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    parser.add_argument(
+        "--sampler",
+        default="tpe",
+        help="tpe (multivariate TPE, the default), qmc (Sobol quasi-random) or random",
+    )
+    parser.add_argument(
+        "--pruner",
+        default="hyperband",
+        help="hyperband (the default), median, or none; trials report validation accuracy every epoch",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the sampler and every trial's training (default: 0)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on this machine sharing the storage (default: 1)",
+    )
+    parser.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        help="quick: CPU minutes (small preset, data subset, fewer epochs, as the space says); standard: "
+        "the space as written (full data, GPU preset). Default: standard with CUDA, quick without",
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device")
+    parser.add_argument("--data-dir", default="data", help="where datasets live (default: ./data)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Internal: set on the worker processes that --workers starts.
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        # constant_liar keeps parallel workers from sampling the same point while trials run
+        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def check_space(objective: Objective) -> TrainConfig:
+    """Build the config of the baseline and of every edge of every parameter, so a space that
+    cannot run on this dataset (say an effective batch larger than the training set) fails now,
+    not in trial 7. Returns the baseline's config."""
+    space = objective.space
+    middle = {}
+    for name, p in space.params.items():
+        middle[name] = p.choices[0] if p.type == "categorical" else (p.low if p.log else (p.low + p.high) / 2)
+    start = {**middle, **space.baseline}
+    baseline = objective.config(start)
+    for name, p in space.params.items():
+        for value in p.choices if p.type == "categorical" else (p.low, p.high):
+            try:
+                objective.config({**start, name: value})
+            except ValueError as exc:
+                raise SpaceError(f"{space.path}: params.{name} = {value!r} cannot run: {exc}") from None
+    return baseline
+
+
+def format_trial(trial: FrozenTrial, prefix: str = "") -> str:
+    params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    attrs = trial.user_attrs
+    if trial.state == TrialState.COMPLETE:
+        outcome = (
+            f"val acc {trial.value:.4f}  train acc {attrs.get('train_accuracy', float('nan')):.4f}  "
+            f"gap {attrs.get('generalization_gap', float('nan')):+.4f}"
+        )
+    elif trial.state == TrialState.PRUNED:
+        outcome = f"pruned after epoch {attrs.get('epochs_trained', len(trial.intermediate_values))}"
+    else:
+        outcome = attrs.get("fail_reason", "failed")
+    seconds = trial.duration.total_seconds() if trial.duration else 0.0
+    return f"{prefix}trial {trial.number} {trial.state.name}: {outcome}  ({params})  {seconds:.1f}s"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def summary(study: optuna.Study, url: str) -> str:
+    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    lines = [
+        f"study {study.study_name}: {sum(counts.values())} trials ("
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        + ")"
+    ]
+    completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if completed:
+        best = study.best_trial
+        a = best.user_attrs
+        lines.append(
+            f"best: trial {best.number}, val acc {best.value:.4f}, test acc {a.get('test_accuracy', float('nan')):.4f}, "
+            f"gap {a.get('generalization_gap', float('nan')):+.4f}, effective batch {a.get('effective_batch_size')}, "
+            f"lr {a.get('lr', float('nan')):.3g}"
+        )
+        lines.append("  params: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
+    storage_flag = "" if url == DEFAULT_STORAGE else f" --storage '{mask(url)}'"
+    lines.append(f"browse:  python -m study.dashboard{storage_flag}")
+    lines.append(f"report:  python -m analysis.report --study {study.study_name}{storage_flag}")
+    return "\n".join(lines)
+
+
+def _progress_bar(args: argparse.Namespace) -> tqdm:
+    """A bar over this command's trials, on a terminal only (logs get the one-line-per-trial output)."""
+    return tqdm(
+        total=args.n_trials,
+        desc="trials",
+        unit="trial",
+        file=sys.stderr,
+        disable=args.quiet or not sys.stderr.isatty(),
+    )
+
+
+def _shares(total: int, workers: int) -> list[int]:
+    """Split ``total`` trials over workers as evenly as possible (exact total, no overshoot)."""
+    return [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
+
+
+def _run_workers(args: argparse.Namespace, space: SearchSpace, url: str, study: optuna.Study) -> int:
+    """Start ``args.workers`` processes on the same study; show progress from the storage."""
+    first_new = len(study.get_trials(deepcopy=False))
+    env = {**os.environ, STORAGE_ENV: url}  # the URL (and any password) stays off the command line
+    procs = []
+    for index, share in enumerate(_shares(args.n_trials, args.workers)):
+        if share == 0:
+            continue
+        command = [
+            sys.executable, "-m", "study.run",
+            "--dataset", args.dataset, "--space", str(space.path), "--study-name", study.study_name,
+            "--n-trials", str(share), "--sampler", args.sampler, "--pruner", args.pruner,
+            "--seed", str(args.seed), "--budget", args.budget, "--device", args.device,
+            "--data-dir", args.data_dir, "--worker-index", str(index), "--quiet",
+        ]  # fmt: skip
+        if args.timeout:
+            command += ["--timeout", str(args.timeout)]
+        procs.append(subprocess.Popen(command, env=env))
+    bar = _progress_bar(args)
+    try:
+        while any(p.poll() is None for p in procs):
+            done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)[first_new:])
+            bar.update(done - bar.n)
+            time.sleep(1.0)
+    finally:
+        bar.close()
+    failed = [p.returncode for p in procs if p.returncode != 0]
+    if failed:
+        print(f"{PROG}: {len(failed)} of {len(procs)} workers exited with errors {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    worker = args.worker_index is not None
+
+    # --- everything a user can get wrong, before the storage is touched -----------------------
+    if args.n_trials < 1:
+        fail(PROG, f"--n-trials must be >= 1; got {args.n_trials}")
+    if args.timeout is not None and args.timeout <= 0:
+        fail(PROG, f"--timeout must be > 0 seconds; got {args.timeout:g}")
+    if args.workers < 1:
+        fail(PROG, f"--workers must be >= 1; got {args.workers}")
+    if args.sampler not in SAMPLERS:
+        fail(PROG, f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if args.pruner not in PRUNERS:
+        fail(PROG, f"unknown pruner {args.pruner!r}; choose one of {', '.join(PRUNERS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        fail(PROG, "--device cuda was requested but no CUDA device is available; use --device cpu")
+    budget_note = "given"
+    if args.budget is None:
+        on_gpu = args.device != "cpu" and torch.cuda.is_available()
+        args.budget = "standard" if on_gpu else "quick"
+        budget_note = "chosen: CUDA device found" if on_gpu else "chosen: no CUDA device"
+    try:
+        space = load_space(args.space)
+        url = resolve_url(args.storage)
+        objective = Objective(
+            space,
+            args.budget,
+            {"dataset": args.dataset, "data_dir": args.data_dir, "device": args.device, "seed": args.seed},
+        )
+        baseline = check_space(objective)
+        objective.raw()  # data missing while offline fails here, before the storage exists
+    except (SpaceError, StorageError, DataUnavailableError) as exc:
+        fail(PROG, str(exc))
+    except ValueError as exc:  # a fixed setting of the space that TrainConfig rejects
+        fail(PROG, f"{space.path}: {exc}")
+    study_name = args.study_name or f"{args.dataset}-{space.name}-{args.budget}"
+    identity = {"dataset": args.dataset, "space": space.name, "budget": args.budget}
+
+    # --- the storage and the study ------------------------------------------------------------
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = open_storage(url)
+        exists = study_exists(storage, study_name)
+    except StorageError as exc:
+        fail(PROG, str(exc))
+    if exists:
+        previous = optuna.load_study(study_name=study_name, storage=storage).user_attrs
+        clash = {k: previous[k] for k in IDENTITY_ATTRS if k in previous and previous[k] != identity[k]}
+        if clash:
+            found = ", ".join(f"{k}={v}" for k, v in clash.items())
+            fail(PROG, f"study {study_name!r} was created with {found}; pick another --study-name")
+    epochs = int(space.params["epochs"].high) if "epochs" in space.params else baseline.epochs
+    seed = args.seed + (args.worker_index or 0)  # workers must not draw the same random points
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        direction="maximize",
+        sampler=make_sampler(args.sampler, seed),
+        pruner=make_pruner(args.pruner, epochs),
+        load_if_exists=True,
+    )
+    if not worker:
+        if not exists:
+            for key, value in identity.items():
+                study.set_user_attr(key, value)
+            study.set_user_attr("roles", space.roles())
+            study.set_user_attr("space_description", space.description.strip())
+            if space.baseline:
+                # the paper protocol's default first, so every study contains the paper's setting
+                study.enqueue_trial(space.baseline, user_attrs={"baseline": True}, skip_if_exists=True)
+        print(
+            f"study {study_name} ({'resumed, ' + str(len(study.trials)) + ' trials so far' if exists else 'new'}) "
+            f"on {mask(url)}\n"
+            f"dataset {args.dataset}, space {space.name}, budget {args.budget} ({budget_note}), "
+            f"sampler {args.sampler}, pruner {args.pruner}, {args.n_trials} trials, {args.workers} worker(s)",
+            flush=True,
+        )
+        if args.workers > 1:
+            code = _run_workers(args, space, url, study)
+            print(summary(study, url))
+            return code
+
+    prefix = f"[worker {args.worker_index}] " if worker else ""
+    bar = _progress_bar(args)
+
+    def on_trial_end(_: optuna.Study, trial: FrozenTrial) -> None:
+        bar.update(1)
+        tqdm.write(format_trial(trial, prefix), file=sys.stdout)
+
+    try:
+        study.optimize(
+            objective,
+            n_trials=args.n_trials,
+            timeout=args.timeout,
+            callbacks=[on_trial_end],
+            # A trial that raises at run time (CUDA out of memory, a kernel error) is recorded as
+            # FAIL with its message and the study goes on; programming errors still stop it.
+            catch=(RuntimeError,),
+        )
+    finally:
+        bar.close()
+    if not worker:
+        print(summary(study, url))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
