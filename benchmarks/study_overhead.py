@@ -25,7 +25,7 @@ import study.objective as objective_module
 from search_spaces import load_space
 from study.objective import Objective
 from study.run import make_pruner, make_sampler
-from study.storage import open_storage
+from study.storage import open_storage, tune_for_writing
 
 
 def main() -> None:
@@ -63,6 +63,7 @@ def main() -> None:
     objective.raw()  # data loading is a once-per-process cost, not a per-trial one
     with tempfile.TemporaryDirectory() as tmp:
         storage = open_storage(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        tune_for_writing(storage)  # as study.run does
         epochs = objective.config(space.baseline).epochs
         bench = optuna.create_study(
             storage=storage,

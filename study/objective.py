@@ -98,6 +98,12 @@ class Objective:
     would be used, and picking the best epoch would be early stopping on the validation set, an
     unlisted hyperparameter that flatters noisy trials. The test set is never used for selection.
 
+    User attrs of each trial: ``config`` (every resolved TrainConfig value, with
+    effective_batch_size, micro_batch_size and the scaled lr), the final metrics under the names of
+    ``study.train --json`` (``FINAL_KEYS``), ``history`` (per-epoch series, ``HISTORY_KEYS``),
+    ``status`` (completed, stopped, diverged, error), ``environment`` (device, parameter count,
+    package versions, git commit) and, for a failed trial, ``fail_reason``.
+
     Args:
         space: The search space.
         budget: ``quick`` or ``standard`` (selects the space's budget overrides).
@@ -120,11 +126,9 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = self.config(self.space.suggest(trial))
-        for key, value in cfg.to_dict().items():
-            trial.set_user_attr(key, value)
-        trial.set_user_attr("budget", self.budget)
-        for key, value in environment().items():
-            trial.set_user_attr(key, value)
+        # Few, grouped writes: every user attr is one storage transaction (see
+        # benchmarks/study_overhead.py), so the config and the environment go in one attr each.
+        trial.set_user_attr("config", cfg.to_dict())
 
         def report(m: EpochMetrics) -> bool:
             trial.report(m.val_accuracy, m.epoch)
@@ -135,12 +139,15 @@ class Objective:
         except RuntimeError as exc:  # CUDA out of memory and other run-time failures
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             trial.set_user_attr("status", "error")
+            trial.set_user_attr("environment", environment())
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {first_line}"[:500])
             raise
         record = result.to_dict()  # NaN -> None, so the storage holds valid JSON
         trial.set_user_attr("status", result.status)
-        trial.set_user_attr("device", result.device)
-        trial.set_user_attr("num_parameters", result.num_parameters)
+        trial.set_user_attr(
+            "environment",
+            {**environment(), "device": result.device, "num_parameters": result.num_parameters},
+        )
         for key in FINAL_KEYS:
             trial.set_user_attr(key, record["final"][key])
         trial.set_user_attr("history", {k: [m[k] for m in record["history"]] for k in HISTORY_KEYS})

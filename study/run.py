@@ -32,6 +32,7 @@ from study.storage import (
     open_storage,
     resolve_url,
     study_exists,
+    tune_for_writing,
 )
 
 PROG = "study.run"
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         if clash:
             found = ", ".join(f"{k}={v}" for k, v in clash.items())
             fail(PROG, f"study {study_name!r} was created with {found}; pick another --study-name")
+    tune_for_writing(storage)
     epochs = int(space.params["epochs"].high) if "epochs" in space.params else baseline.epochs
     seed = args.seed + (args.worker_index or 0)  # workers must not draw the same random points
     study = optuna.create_study(

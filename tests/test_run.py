@@ -69,8 +69,13 @@ def test_study_finishes_records_everything_and_resumes(tmp_path):
     for t in trials:
         assert {"accumulation_steps", "lr_scaling", "base_lr", "weight_decay"} <= set(t.params)
         assert {"dropout", "drop_path"} & set(t.params)
-        for key in CONFIG_ATTRS + FINAL_KEYS + ("status", "device", "torch", "optuna", "history"):
+        for key in FINAL_KEYS + ("status", "environment", "history", "config"):
             assert key in t.user_attrs, (t.number, key)
+        for key in CONFIG_ATTRS:
+            assert key in t.user_attrs["config"], (t.number, key)
+        for key in ("device", "torch", "timm", "optuna", "num_parameters"):
+            assert key in t.user_attrs["environment"], (t.number, key)
+        assert t.user_attrs["config"]["base_lr"] == t.params["base_lr"]
         assert t.user_attrs["effective_batch_size"] == 16 * t.params["accumulation_steps"]
         assert t.user_attrs["status"] in ("completed", "stopped")
         assert len(t.user_attrs["history"]["val_accuracy"]) == len(t.intermediate_values)
