@@ -31,6 +31,17 @@ HISTORY_KEYS = (
     "wall_seconds",
     "train_seconds",
 )
+# Recorded at each checkpoint epoch (user attr "checkpoints").
+CHECKPOINT_KEYS = (
+    "train_accuracy",
+    "val_accuracy",
+    "test_accuracy",
+    "generalization_gap",
+    "optimizer_steps",
+    "samples_seen",
+    "wall_seconds",
+    "train_seconds",
+)
 # Final metrics stored as user attrs, under the names of study.train's JSON "final".
 FINAL_KEYS = (
     "train_loss",
@@ -108,11 +119,15 @@ class Objective:
         space: The search space.
         budget: ``quick`` or ``standard`` (selects the space's budget overrides).
         run: Per-run TrainConfig values: dataset, data_dir, device, seed.
+        checkpoints: Epochs at which the run is also recorded whole, test accuracy included, in
+            the user attr ``checkpoints`` ({"10": {...}, "20": {...}}): the fixed grid's
+            10/20/50-epoch points of one constant-lr run.
     """
 
     space: SearchSpace
     budget: str
     run: dict[str, Any]
+    checkpoints: tuple[int, ...] = ()
     _raw: RawDataset | None = None
 
     def config(self, params: dict[str, Any]) -> TrainConfig:
@@ -124,8 +139,12 @@ class Objective:
             self._raw = load_raw(self.run["dataset"], self.run.get("data_dir", "data"))
         return self._raw
 
+    def trial_config(self, trial: optuna.Trial) -> TrainConfig:
+        """Suggest the space's parameters and build the trial's config."""
+        return self.config(self.space.suggest(trial))
+
     def __call__(self, trial: optuna.Trial) -> float:
-        cfg = self.config(self.space.suggest(trial))
+        cfg = self.trial_config(trial)
         # Few, grouped writes: every user attr is one storage transaction (see
         # benchmarks/study_overhead.py), so the config and the environment go in one attr each.
         trial.set_user_attr("config", cfg.to_dict())
@@ -135,7 +154,7 @@ class Objective:
             return trial.should_prune()
 
         try:
-            result = train(cfg, on_epoch=report, raw=self.raw())
+            result = train(cfg, on_epoch=report, raw=self.raw(), test_at=self.checkpoints)
         except RuntimeError as exc:  # CUDA out of memory and other run-time failures
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             trial.set_user_attr("status", "error")
@@ -151,6 +170,15 @@ class Objective:
         for key in FINAL_KEYS:
             trial.set_user_attr(key, record["final"][key])
         trial.set_user_attr("history", {k: [m[k] for m in record["history"]] for k in HISTORY_KEYS})
+        if self.checkpoints:
+            trial.set_user_attr(
+                "checkpoints",
+                {
+                    str(m["epoch"]): {k: m[k] for k in CHECKPOINT_KEYS}
+                    for m in record["history"]
+                    if m["epoch"] in self.checkpoints
+                },
+            )
         if result.status == DIVERGED:
             # Not an ordinary low score: the trial FAILs with its reason, so samplers and the
             # analysis do not read a broken run as a bad-but-valid configuration.

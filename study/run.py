@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, TextIO
 
 import optuna
 import torch
@@ -40,8 +40,6 @@ SAMPLERS = ("tpe", "qmc", "random")
 PRUNERS = ("hyperband", "median", "none")
 BUDGETS = ("quick", "standard")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-# Study attributes that must match when a study is resumed: mixing them would mix incomparable trials.
-IDENTITY_ATTRS = ("dataset", "space", "budget")
 
 
 def build_parser() -> ArgumentParser:
@@ -181,14 +179,10 @@ def summary(study: optuna.Study, url: str) -> str:
     return "\n".join(lines)
 
 
-def _progress_bar(args: argparse.Namespace) -> tqdm:
-    """A bar over this command's trials, on a terminal only (logs get the one-line-per-trial output)."""
+def progress_bar(total: int, *, quiet: bool) -> tqdm:
+    """A bar over trials, on a terminal only (logs get the one line per finished trial)."""
     return tqdm(
-        total=args.n_trials,
-        desc="trials",
-        unit="trial",
-        file=sys.stderr,
-        disable=args.quiet or not sys.stderr.isatty(),
+        total=total, desc="trials", unit="trial", file=sys.stderr, disable=quiet or not sys.stderr.isatty()
     )
 
 
@@ -215,7 +209,7 @@ def _run_workers(args: argparse.Namespace, space: SearchSpace, url: str, study: 
         if args.timeout:
             command += ["--timeout", str(args.timeout)]
         procs.append(subprocess.Popen(command, env=env))
-    bar = _progress_bar(args)
+    bar = progress_bar(args.n_trials, quiet=args.quiet)
     try:
         while any(p.poll() is None for p in procs):
             done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)[first_new:])
@@ -230,29 +224,108 @@ def _run_workers(args: argparse.Namespace, space: SearchSpace, url: str, study: 
     return 0
 
 
+def resolve_budget(args: argparse.Namespace) -> str:
+    """Fill ``args.budget`` from the device when not given; returns how it was chosen."""
+    if args.budget is not None:
+        return "given"
+    on_gpu = args.device != "cpu" and torch.cuda.is_available()
+    args.budget = "standard" if on_gpu else "quick"
+    return "chosen: CUDA device found" if on_gpu else "chosen: no CUDA device"
+
+
+def check_common(prog: str, args: argparse.Namespace) -> None:
+    """Checks shared by the study CLIs (one line, exit 2)."""
+    if getattr(args, "n_trials", 1) < 1:
+        fail(prog, f"--n-trials must be >= 1; got {args.n_trials}")
+    if getattr(args, "timeout", None) is not None and args.timeout <= 0:
+        fail(prog, f"--timeout must be > 0 seconds; got {args.timeout:g}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        fail(prog, "--device cuda was requested but no CUDA device is available; use --device cpu")
+
+
+def open_study(
+    prog: str,
+    url: str,
+    study_name: str,
+    identity: dict[str, Any],
+    *,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+) -> tuple[optuna.Study, bool]:
+    """Create or resume ``study_name``; refuses (exit 2) to resume a study whose identity
+    (dataset, space or design, budget) differs. Returns the study and whether it existed."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = open_storage(url)
+        exists = study_exists(storage, study_name)
+    except StorageError as exc:
+        fail(prog, str(exc))
+    if exists:
+        previous = optuna.load_study(study_name=study_name, storage=storage).user_attrs
+        clash = {k: previous[k] for k in identity if k in previous and previous[k] != identity[k]}
+        if clash:
+            found = ", ".join(f"{k}={v}" for k, v in clash.items())
+            fail(prog, f"study {study_name!r} was created with {found}; pick another --study-name")
+    tune_for_writing(storage)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    if not exists:
+        for key, value in identity.items():
+            study.set_user_attr(key, value)
+    return study, exists
+
+
+def optimize(
+    study: optuna.Study,
+    objective: Objective,
+    *,
+    n_trials: int,
+    timeout: float | None = None,
+    quiet: bool = False,
+    prefix: str = "",
+    stream: TextIO = sys.stdout,
+) -> None:
+    """``study.optimize`` with a progress bar and one line per finished trial (on ``stream``)."""
+    bar = progress_bar(n_trials, quiet=quiet)
+
+    def on_trial_end(_: optuna.Study, trial: FrozenTrial) -> None:
+        bar.update(1)
+        tqdm.write(format_trial(trial, prefix), file=stream)
+
+    try:
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            callbacks=[on_trial_end],
+            # A trial that raises at run time (CUDA out of memory, a kernel error) is recorded as
+            # FAIL with its message and the study goes on; programming errors still stop it.
+            catch=(RuntimeError,),
+        )
+    finally:
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     worker = args.worker_index is not None
 
     # --- everything a user can get wrong, before the storage is touched -----------------------
-    if args.n_trials < 1:
-        fail(PROG, f"--n-trials must be >= 1; got {args.n_trials}")
-    if args.timeout is not None and args.timeout <= 0:
-        fail(PROG, f"--timeout must be > 0 seconds; got {args.timeout:g}")
+    check_common(PROG, args)
     if args.workers < 1:
         fail(PROG, f"--workers must be >= 1; got {args.workers}")
     if args.sampler not in SAMPLERS:
         fail(PROG, f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if args.pruner not in PRUNERS:
         fail(PROG, f"unknown pruner {args.pruner!r}; choose one of {', '.join(PRUNERS)}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        fail(PROG, "--device cuda was requested but no CUDA device is available; use --device cpu")
-    budget_note = "given"
-    if args.budget is None:
-        on_gpu = args.device != "cpu" and torch.cuda.is_available()
-        args.budget = "standard" if on_gpu else "quick"
-        budget_note = "chosen: CUDA device found" if on_gpu else "chosen: no CUDA device"
+    budget_note = resolve_budget(args)
     try:
         space = load_space(args.space)
         url = resolve_url(args.storage)
@@ -268,36 +341,21 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a fixed setting of the space that TrainConfig rejects
         fail(PROG, f"{space.path}: {exc}")
     study_name = args.study_name or f"{args.dataset}-{space.name}-{args.budget}"
-    identity = {"dataset": args.dataset, "space": space.name, "budget": args.budget}
 
     # --- the storage and the study ------------------------------------------------------------
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        storage = open_storage(url)
-        exists = study_exists(storage, study_name)
-    except StorageError as exc:
-        fail(PROG, str(exc))
-    if exists:
-        previous = optuna.load_study(study_name=study_name, storage=storage).user_attrs
-        clash = {k: previous[k] for k in IDENTITY_ATTRS if k in previous and previous[k] != identity[k]}
-        if clash:
-            found = ", ".join(f"{k}={v}" for k, v in clash.items())
-            fail(PROG, f"study {study_name!r} was created with {found}; pick another --study-name")
-    tune_for_writing(storage)
     epochs = int(space.params["epochs"].high) if "epochs" in space.params else baseline.epochs
     seed = args.seed + (args.worker_index or 0)  # workers must not draw the same random points
-    study = optuna.create_study(
-        storage=storage,
-        study_name=study_name,
-        direction="maximize",
+    study, exists = open_study(
+        PROG,
+        url,
+        study_name,
+        {"dataset": args.dataset, "space": space.name, "budget": args.budget},
         sampler=make_sampler(args.sampler, seed),
         pruner=make_pruner(args.pruner, epochs),
-        load_if_exists=True,
     )
     if not worker:
         if not exists:
-            for key, value in identity.items():
-                study.set_user_attr(key, value)
+            study.set_user_attr("kind", "search")
             study.set_user_attr("roles", space.roles())
             study.set_user_attr("space_description", space.description.strip())
             if space.baseline:
@@ -316,24 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             return code
 
     prefix = f"[worker {args.worker_index}] " if worker else ""
-    bar = _progress_bar(args)
-
-    def on_trial_end(_: optuna.Study, trial: FrozenTrial) -> None:
-        bar.update(1)
-        tqdm.write(format_trial(trial, prefix), file=sys.stdout)
-
-    try:
-        study.optimize(
-            objective,
-            n_trials=args.n_trials,
-            timeout=args.timeout,
-            callbacks=[on_trial_end],
-            # A trial that raises at run time (CUDA out of memory, a kernel error) is recorded as
-            # FAIL with its message and the study goes on; programming errors still stop it.
-            catch=(RuntimeError,),
-        )
-    finally:
-        bar.close()
+    optimize(study, objective, n_trials=args.n_trials, timeout=args.timeout, quiet=args.quiet, prefix=prefix)
     if not worker:
         print(summary(study, url))
     return 0

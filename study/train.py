@@ -11,7 +11,7 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ class EpochMetrics:
     train_seconds: float  # cumulative, training only
     images_per_second: float  # this epoch's training samples / its training seconds
     peak_memory_bytes: int
+    test_accuracy: float | None = None  # only at the epochs train() was asked to test (test_at)
 
 
 @dataclass
@@ -184,6 +185,7 @@ def train(
     on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
     *,
     raw: RawDataset | None = None,
+    test_at: Collection[int] = (),
 ) -> TrainResult:
     """Train one configuration and measure it.
 
@@ -192,6 +194,8 @@ def train(
         on_epoch: Called after every epoch with its metrics; returning True stops the run
             (status ``stopped``), which is how a caller prunes.
         raw: Already-loaded dataset (saves re-reading files when a process trains many configs).
+        test_at: Epochs after which test accuracy is also measured (the paper's 10/20/50-epoch
+            points of one long constant-lr run). Test accuracy is never used for selection.
 
     Returns:
         The status, the per-epoch history and the ``final`` metrics (those of the last epoch plus
@@ -291,6 +295,9 @@ def train(
         eval_args = {"autocast": autocast, "channels_last": channels_last}
         train_acc = evaluate(net, data.train_eval_images, data.train_eval_labels, data, **eval_args)[1]
         val_loss, val_acc = evaluate(net, data.val_images, data.val_labels, data, **eval_args)
+        test_acc = None
+        if epoch in test_at:
+            test_acc = evaluate(net, data.test_images, data.test_labels, data, **eval_args)[1]
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=train_loss,
@@ -305,6 +312,7 @@ def train(
             train_seconds=train_seconds,
             images_per_second=epoch_steps * effective / max(epoch_train_seconds, 1e-9),
             peak_memory_bytes=_peak_memory_bytes(device),
+            test_accuracy=test_acc,
         )
         history.append(metrics)
         if status == DIVERGED:

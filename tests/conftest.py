@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +57,45 @@ def offline_env(monkeypatch):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
+
+
+def cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` and capture its output."""
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def small_studies(tmp_path_factory):
+    """A quick grid and a 3-trial quick search on digits, in one SQLite file."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('studies') / 's.db'}"
+    grid = cli(
+        "study.grid",
+        "--dataset",
+        "digits",
+        "--budget",
+        "quick",
+        "--storage",
+        url,
+        "--study-name",
+        "g",
+        "--quiet",
+    )
+    assert grid.returncode == 0, grid.stderr
+    search = cli(
+        "study.run",
+        "--dataset",
+        "digits",
+        "--space",
+        "quick",
+        "--budget",
+        "quick",
+        "--n-trials",
+        "3",
+        "--storage",
+        url,
+        "--study-name",
+        "s",
+        "--quiet",
+    )
+    assert search.returncode == 0, search.stderr
+    return url

@@ -1,0 +1,184 @@
+"""``python -m study.replicate --study NAME --top K --seeds S``: believe a result only after seeds.
+
+(It trains, so it lives in study/, not analysis/: analysis never trains.)
+
+Re-runs the best K completed trials of a study (by validation accuracy), each with S fresh seeds
+(the original seed + 1, + 2, ...: the original run was *selected* for its score, so re-using its
+seed would carry the selection's optimism into the estimate), as trials of a new study
+(default ``NAME-replicate``, no pruning), then reports per configuration the mean and standard
+deviation of validation, test and train accuracy and of the gap, next to the original value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from analysis.common import AnalysisError, load_studies
+from search_spaces import SearchSpace
+from study.config import TrainConfig
+from study.data import DataUnavailableError
+from study.objective import Objective
+
+METRICS = ("val_accuracy", "test_accuracy", "train_accuracy", "generalization_gap")
+FORMATS = ("table", "markdown", "json")
+
+
+@dataclass
+class ReplicateObjective(Objective):
+    """Runs a stored configuration (``source_trial``) with a given ``seed``."""
+
+    sources: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def trial_config(self, trial: optuna.Trial) -> TrainConfig:
+        source = trial.suggest_categorical("source_trial", sorted(self.sources))
+        seed = trial.suggest_categorical(
+            "seed", sorted({s for c in self.sources.values() for s in c["seeds"]})
+        )
+        return TrainConfig(**{**self.sources[source]["config"], **self.run, "seed": seed})
+
+
+def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.state == TrialState.COMPLETE and "config" in t.user_attrs
+    ]
+    return sorted(done, key=lambda t: t.value, reverse=True)[:top]
+
+
+def report(source: optuna.Study, replicas: optuna.Study, chosen: list) -> list[dict[str, Any]]:
+    by_source: dict[int, list] = {t.number: [] for t in chosen}
+    for t in replicas.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE and t.params.get("source_trial") in by_source:
+            by_source[t.params["source_trial"]].append(t)
+    rows = []
+    for original in chosen:
+        runs = by_source[original.number]
+        row: dict[str, Any] = {
+            "source_trial": original.number,
+            "params": original.params,
+            "original_val_accuracy": original.value,
+            "seeds": sorted(t.params["seed"] for t in runs),
+            "n": len(runs),
+        }
+        for m in METRICS:
+            values = [t.user_attrs[m] for t in runs if t.user_attrs.get(m) is not None]
+            row[m] = {
+                "mean": statistics.fmean(values) if values else math.nan,
+                "std": statistics.stdev(values) if len(values) > 1 else math.nan,
+            }
+        rows.append(row)
+    return rows
+
+
+def render(rows: list[dict[str, Any]], fmt: str, study_name: str) -> str:
+    if fmt == "json":
+
+        def safe(v: Any) -> Any:
+            if isinstance(v, float) and not math.isfinite(v):
+                return None
+            if isinstance(v, dict):
+                return {k: safe(x) for k, x in v.items()}
+            return v
+
+        return json.dumps({"study": study_name, "configurations": [safe(r) for r in rows]}, indent=2) + "\n"
+    header = ["source trial", "n", "original val", *(f"{m} (mean ± std)" for m in METRICS), "params"]
+    table = [
+        [str(r["source_trial"]), str(r["n"]), f"{r['original_val_accuracy']:.4f}",
+         *(f"{r[m]['mean']:.4f} ± {r[m]['std']:.4f}" for m in METRICS),
+         ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())]
+        for r in rows
+    ]  # fmt: skip
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table]) + "\n"
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    return (
+        "\n".join(lines + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table])
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from study.cli import ArgumentParser, fail
+    from study.run import open_study, optimize
+    from study.storage import resolve_url
+
+    parser = ArgumentParser(prog="study.replicate", description=__doc__.splitlines()[0])
+    parser.add_argument("--study", required=True, help="the study whose best trials are re-run")
+    parser.add_argument("--top", type=int, default=3, help="how many of the best trials (default: 3)")
+    parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per trial (default: 3)")
+    parser.add_argument(
+        "--new-study", help="where the re-runs go (default: STUDY-replicate); resumed if it exists"
+    )
+    parser.add_argument(
+        "--storage", help="SQLAlchemy URL (default: $STUDY_STORAGE or sqlite:///storage/studies.db)"
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.top < 1 or args.seeds < 1:
+        fail(parser.prog, f"--top and --seeds must be >= 1; got {args.top} and {args.seeds}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        (source,) = load_studies([args.study], args.storage)
+        chosen = best_trials(source, args.top)
+        if not chosen:
+            raise AnalysisError(f"study {args.study!r} has no completed trial with a recorded config")
+        sources = {
+            t.number: {
+                "config": {f.name: t.user_attrs["config"][f.name] for f in dataclasses.fields(TrainConfig)},
+                "seeds": [t.user_attrs["config"]["seed"] + 1 + i for i in range(args.seeds)],
+            }
+            for t in chosen
+        }
+        dataset = next(iter(sources.values()))["config"]["dataset"]
+        run = {"dataset": dataset, "data_dir": args.data_dir, "device": args.device}
+        space = SearchSpace("replicate", Path(args.study), "", {}, {}, {})  # configs come from `sources`
+        objective = ReplicateObjective(space, "replicate", run, sources=sources)
+        objective.raw()
+    except (AnalysisError, DataUnavailableError) as exc:
+        fail(parser.prog, str(exc))
+    name = args.new_study or f"{args.study}-replicate"
+    study, _ = open_study(
+        parser.prog,
+        resolve_url(args.storage),
+        name,
+        {"kind": "replicate", "source_study": args.study, "dataset": dataset},
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        pruner=optuna.pruners.NopPruner(),
+    )
+    done = {
+        (t.params.get("source_trial"), t.params.get("seed"))
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished()
+    }
+    todo = [(n, s) for n, src in sources.items() for s in src["seeds"] if (n, s) not in done]
+    print(
+        f"replicating the best {len(chosen)} trials of {args.study} with {args.seeds} seeds into {name}: {len(todo)} runs to do",
+        file=sys.stderr,
+        flush=True,
+    )
+    for number, seed in todo:
+        study.enqueue_trial({"source_trial": number, "seed": seed}, skip_if_exists=True)
+    if todo:
+        optimize(study, objective, n_trials=len(todo), quiet=args.quiet, stream=sys.stderr)
+    sys.stdout.write(render(report(source, study, chosen), args.format, name))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""python -m study.grid: the paper's fixed grid as a study."""
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def run_grid(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "study.grid", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_quick_grid_on_digits_has_six_runs_with_three_epoch_points(tmp_path):
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    proc = run_grid("--dataset", "digits", "--budget", "quick", "--storage", url, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch points 1, 2, 5 (the paper's 10, 20, 50 divided by 10)" in proc.stdout
+    study = optuna.load_study(study_name="digits-grid-quick", storage=url)
+    trials = study.get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    cells = {(t.params["batch_size"], t.params["accumulation_steps"]) for t in trials}
+    assert cells == {(b, a) for b in (32, 64, 128) for a in (1, 4)}
+    for t in trials:
+        cfg = t.user_attrs["config"]
+        assert cfg["optimizer"] == "adam" and cfg["schedule"] == "constant" and cfg["lr_scaling"] == "none"
+        assert cfg["weight_decay"] == 0 and cfg["dropout"] == 0 and cfg["drop_path"] == 0
+        points = t.user_attrs["checkpoints"]
+        assert sorted(points, key=int) == ["1", "2", "5"]
+        for m in points.values():
+            for key in (
+                "train_accuracy",
+                "val_accuracy",
+                "test_accuracy",
+                "generalization_gap",
+                "wall_seconds",
+                "optimizer_steps",
+            ):
+                assert m[key] is not None, key
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4, 5]
+        # steps at each point follow from the effective batch: 1293 // (batch x accumulation) per epoch
+        per_epoch = 1293 // (t.params["batch_size"] * t.params["accumulation_steps"])
+        assert [points[e]["optimizer_steps"] for e in ("1", "2", "5")] == [
+            per_epoch,
+            2 * per_epoch,
+            5 * per_epoch,
+        ]
+    # batch 32 x 4 and batch 128 x 1 are the same effective batch, seed and samples: same numbers
+    by_cell = {(t.params["batch_size"], t.params["accumulation_steps"]): t for t in trials}
+    a, b = by_cell[(32, 4)].user_attrs["checkpoints"]["5"], by_cell[(128, 1)].user_attrs["checkpoints"]["5"]
+    assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.01)
+
+    again = run_grid("--dataset", "digits", "--budget", "quick", "--storage", url, "--quiet")
+    assert again.returncode == 0 and "0 of 6 runs to do" in again.stdout
+    assert len(optuna.load_study(study_name="digits-grid-quick", storage=url).trials) == 6
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-gao", "1"], "--n-gao must be >= 2"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--storage", "not a url"], "malformed storage URL"),
+        (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--n-gao", "64"], "the grid cannot run on digits: effective batch 2048"),
+    ],
+)
+def test_grid_bad_input(tmp_path, args, message):
+    db = tmp_path / "g.db"
+    base = ["--dataset", "digits", "--budget", "quick", "--storage", f"sqlite:///{db}"]
+    proc = run_grid(*base, *args)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not db.exists()
