@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from analysis.common import AnalysisError, load_studies
+from study.jsonsafe import finite_or_none
 
 FORMATS = ("table", "markdown", "json")
 
@@ -129,15 +130,8 @@ def plot(curve: list[tuple[float, int, float]], grid: StudySummary, search: Stud
 
 def render(grid: StudySummary, search: StudySummary, png: Path, fmt: str) -> str:
     if fmt == "json":
-        safe = lambda d: {
-            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
-        }  # noqa: E731
-        return (
-            json.dumps(
-                {"grid": safe(asdict(grid)), "search": safe(asdict(search)), "png": str(png)}, indent=2
-            )
-            + "\n"
-        )
+        out = {"grid": asdict(grid), "search": asdict(search), "png": str(png)}
+        return json.dumps(finite_or_none(out), indent=2) + "\n"
     header = [
         "",
         "study",

@@ -41,6 +41,7 @@ from optuna.trial import TrialState
 
 from analysis.common import AnalysisError, load_studies
 from analysis.stats import MeanCI, Slope, mean_ci, within_condition_slope
+from study.jsonsafe import finite_or_none
 
 METRICS = ("train_accuracy", "val_accuracy", "generalization_gap")
 FORMATS = ("table", "markdown", "json", "csv")
@@ -328,18 +329,8 @@ def render_markdown(analyses: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def render_json(analyses: list[dict[str, Any]]) -> str:
-    return json.dumps({"analyses": _json_safe(analyses)}, indent=2) + "\n"
+    return json.dumps({"analyses": finite_or_none(analyses)}, indent=2) + "\n"
 
 
 def render_csv(analyses: list[dict[str, Any]]) -> str:

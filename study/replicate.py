@@ -27,6 +27,7 @@ from analysis.common import AnalysisError, load_studies
 from search_spaces import SearchSpace
 from study.config import TrainConfig
 from study.data import DataUnavailableError
+from study.jsonsafe import finite_or_none
 from study.objective import Objective
 
 METRICS = ("val_accuracy", "test_accuracy", "train_accuracy", "generalization_gap")
@@ -83,15 +84,7 @@ def report(source: optuna.Study, replicas: optuna.Study, chosen: list) -> list[d
 
 def render(rows: list[dict[str, Any]], fmt: str, study_name: str) -> str:
     if fmt == "json":
-
-        def safe(v: Any) -> Any:
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if isinstance(v, dict):
-                return {k: safe(x) for k, x in v.items()}
-            return v
-
-        return json.dumps({"study": study_name, "configurations": [safe(r) for r in rows]}, indent=2) + "\n"
+        return json.dumps(finite_or_none({"study": study_name, "configurations": rows}), indent=2) + "\n"
     header = ["source trial", "n", "original val", *(f"{m} (mean ± std)" for m in METRICS), "params"]
     table = [
         [str(r["source_trial"]), str(r["n"]), f"{r['original_val_accuracy']:.4f}",

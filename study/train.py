@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from study.config import TrainConfig
 from study.data import DataSplits, RawDataset, augment, epoch_batches, make_splits, normalize
+from study.jsonsafe import finite_or_none
 from study.model import build_model, count_parameters
 
 EVAL_BATCH_SIZE = 1024
@@ -63,7 +64,8 @@ class TrainResult:
     model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model
 
     def to_dict(self) -> dict[str, Any]:
-        return _finite_or_none(
+        # NaN/inf -> null: a diverged run has a NaN loss
+        return finite_or_none(
             {
                 "status": self.status,
                 "config": self.config,
@@ -73,17 +75,6 @@ class TrainResult:
                 "num_parameters": self.num_parameters,
             }
         )
-
-
-def _finite_or_none(value: Any) -> Any:
-    """NaN/inf -> None, so the JSON is standard (a diverged run has a NaN loss)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_or_none(v) for v in value]
-    return value
 
 
 # --- learning rate: the one place it is computed -------------------------------------------------
