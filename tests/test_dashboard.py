@@ -1,0 +1,56 @@
+"""python -m study.dashboard serves the storage's studies (a real server on loopback)."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import optuna
+
+from tests.conftest import cli
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_lists_the_studies_of_the_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="browse-me", storage=url, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "study.dashboard", "--storage", url, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline, body = time.monotonic() + 60, None
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    body = json.load(response)
+            except OSError:
+                assert server.poll() is None, server.stderr.read()
+                time.sleep(0.5)
+        assert body is not None, "the dashboard did not answer within 60 s"
+        names = [s["study_name"] for s in body["study_summaries"]]
+        assert names == ["browse-me"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in server.stdout.read()
+
+
+def test_dashboard_refuses_a_missing_database(tmp_path):
+    proc = cli("study.dashboard", "--storage", f"sqlite:///{tmp_path / 'none.db'}")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "no database at" in proc.stderr and "python -m study.run first" in proc.stderr
+    assert not (tmp_path / "none.db").exists()
