@@ -122,10 +122,8 @@ def check_space(objective: Objective) -> TrainConfig:
     cannot run on this dataset (say an effective batch larger than the training set) fails now,
     not in trial 7. Returns the baseline's config."""
     space = objective.space
-    middle = {}
-    for name, p in space.params.items():
-        middle[name] = p.choices[0] if p.type == "categorical" else (p.low if p.log else (p.low + p.high) / 2)
-    start = {**middle, **space.baseline}
+    lowest = {name: p.choices[0] if p.type == "categorical" else p.low for name, p in space.params.items()}
+    start = {**lowest, **space.baseline}
     baseline = objective.config(start)
     for name, p in space.params.items():
         for value in p.choices if p.type == "categorical" else (p.low, p.high):
