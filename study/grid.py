@@ -24,7 +24,7 @@ from study.cli import ArgumentParser, fail
 from study.config import DATASET_SIZES
 from study.data import DataUnavailableError
 from study.objective import Objective
-from study.run import check_common, open_study, optimize, resolve_budget, summary
+from study.run import check_common, missing_runs, open_study, resolve_budget, run_enqueued, summary
 from study.storage import STORAGE_ENV, StorageError, mask, resolve_url
 
 PROG = "study.grid"
@@ -145,19 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     if not exists:
         study.set_user_attr("epoch_points", list(points))
         study.set_user_attr("space_description", space.description)
-    # Grid points not yet finished (a resumed grid runs only what is missing; seeds can grow it).
-    done = {
-        (t.params.get("batch_size"), t.params.get("accumulation_steps"), t.params.get("seed"))
-        for t in study.get_trials(deepcopy=False)
-        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
-    }
-    todo = [
-        (b, a, s)
-        for b in grid["batch_size"]
-        for a in grid["accumulation_steps"]
-        for s in grid["seed"]
-        if (b, a, s) not in done
-    ]
+    # A resumed grid runs only what is missing (more --seeds grow it).
+    todo = missing_runs(
+        study,
+        [
+            {"batch_size": b, "accumulation_steps": a, "seed": s}
+            for b in grid["batch_size"]
+            for a in grid["accumulation_steps"]
+            for s in grid["seed"]
+        ],
+    )
     cfg = objective.config({"batch_size": BATCH_SIZES[0], "accumulation_steps": 1, "seed": 0})
     print(
         f"grid {study_name} ({'resumed' if exists else 'new'}) on {mask(url)}\n"
@@ -171,12 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(todo)} of {len(BATCH_SIZES) * 2 * args.seeds} runs to do",
         flush=True,
     )
-    if todo:
-        for batch, accumulation, seed in todo:
-            study.enqueue_trial(
-                {"batch_size": batch, "accumulation_steps": accumulation, "seed": seed}, skip_if_exists=True
-            )
-        optimize(study, objective, n_trials=len(todo), quiet=args.quiet)
+    run_enqueued(study, objective, todo, quiet=args.quiet)
     print(summary(study, url))
     print(
         f"verdict: python -m analysis.overfitting --study {study_name}"

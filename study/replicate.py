@@ -105,7 +105,7 @@ def render(rows: list[dict[str, Any]], fmt: str, study_name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from study.cli import ArgumentParser, fail
-    from study.run import open_study, optimize
+    from study.run import missing_runs, open_study, run_enqueued
     from study.storage import resolve_url
 
     parser = ArgumentParser(prog="study.replicate", description=__doc__.splitlines()[0])
@@ -154,21 +154,15 @@ def main(argv: list[str] | None = None) -> int:
         sampler=optuna.samplers.RandomSampler(seed=0),
         pruner=optuna.pruners.NopPruner(),
     )
-    done = {
-        (t.params.get("source_trial"), t.params.get("seed"))
-        for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished()
-    }
-    todo = [(n, s) for n, src in sources.items() for s in src["seeds"] if (n, s) not in done]
+    todo = missing_runs(
+        study, [{"source_trial": n, "seed": s} for n, src in sources.items() for s in src["seeds"]]
+    )
     print(
         f"replicating the best {len(chosen)} trials of {args.study} with {args.seeds} seeds into {name}: {len(todo)} runs to do",
         file=sys.stderr,
         flush=True,
     )
-    for number, seed in todo:
-        study.enqueue_trial({"source_trial": number, "seed": seed}, skip_if_exists=True)
-    if todo:
-        optimize(study, objective, n_trials=len(todo), quiet=args.quiet, stream=sys.stderr)
+    run_enqueued(study, objective, todo, quiet=args.quiet, stream=sys.stderr)
     sys.stdout.write(render(report(source, study, chosen), args.format, name))
     return 0
 

@@ -310,6 +310,30 @@ def optimize(
         bar.close()
 
 
+def missing_runs(study: optuna.Study, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fixed-parameter runs of ``wanted`` that have no finished trial yet (a resumed grid or
+    replication runs only what is missing)."""
+    done = [t.params for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    return [
+        params for params in wanted if not any(all(p.get(k) == v for k, v in params.items()) for p in done)
+    ]
+
+
+def run_enqueued(
+    study: optuna.Study,
+    objective: Objective,
+    runs: list[dict[str, Any]],
+    *,
+    quiet: bool,
+    stream: TextIO = sys.stdout,
+) -> None:
+    """Enqueue each run's parameters and optimize exactly that many trials."""
+    for params in runs:
+        study.enqueue_trial(params, skip_if_exists=True)
+    if runs:
+        optimize(study, objective, n_trials=len(runs), quiet=quiet, stream=stream)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
