@@ -72,8 +72,8 @@ def summarize(study: optuna.Study) -> StudySummary:
                     m.get("test_accuracy", math.nan),
                     f"trial {t.number} at epoch {epoch}",
                 )
-        if "checkpoints" not in t.user_attrs and t.value is not None and t.value > best[0]:
-            best = (t.value, t.user_attrs.get("test_accuracy", math.nan), f"trial {t.number}")
+        if "checkpoints" not in t.user_attrs and t.values and t.values[0] > best[0]:
+            best = (t.values[0], t.user_attrs.get("test_accuracy", math.nan), f"trial {t.number}")
     return StudySummary(
         name=study.study_name,
         dataset=_dataset(study),
@@ -92,8 +92,8 @@ def best_so_far(study: optuna.Study) -> list[tuple[float, int, float]]:
     for t in _finished(study):
         seconds += _seconds(t)
         epochs += _epochs(t)
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            best = max(best, t.value)
+        if t.state == TrialState.COMPLETE and t.values:  # values[0]: validation accuracy
+            best = max(best, t.values[0])
         curve.append((seconds, epochs, best if best > -math.inf else math.nan))
     return curve
 
@@ -128,10 +128,8 @@ def plot(curve: list[tuple[float, int, float]], grid: StudySummary, search: Stud
     plt.close(fig)
 
 
-def render(grid: StudySummary, search: StudySummary, png: Path, fmt: str) -> str:
-    if fmt == "json":
-        out = {"grid": asdict(grid), "search": asdict(search), "png": str(png)}
-        return json.dumps(finite_or_none(out), indent=2) + "\n"
+def comparison(grid: StudySummary, search: StudySummary) -> tuple[list[str], list[list[str]], str]:
+    """(header, rows, one-line verdict) of the grid against the search."""
     header = [
         "",
         "study",
@@ -150,6 +148,14 @@ def render(grid: StudySummary, search: StudySummary, png: Path, fmt: str) -> str
     diff = search.best_val_accuracy - grid.best_val_accuracy
     ratio = search.wall_seconds / grid.wall_seconds if grid.wall_seconds else math.nan
     verdict = f"search - grid best validation accuracy: {diff:+.4f}; search compute / grid compute: {ratio:.2f}x (wall seconds)"
+    return header, rows, verdict
+
+
+def render(grid: StudySummary, search: StudySummary, png: Path, fmt: str) -> str:
+    if fmt == "json":
+        out = {"grid": asdict(grid), "search": asdict(search), "png": str(png)}
+        return json.dumps(finite_or_none(out), indent=2) + "\n"
+    header, rows, verdict = comparison(grid, search)
     if fmt == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]

@@ -256,7 +256,8 @@ def _fmt(ci: dict[str, float]) -> str:
     return f"{ci['mean']:.4f} ± {(ci['high'] - ci['low']) / 2:.4f}"
 
 
-def _tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+def tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(caption, header, rows) of one analysis: at matched epochs and at matched optimizer steps."""
     groups = [
         [
             str(r["batch_size"]),
@@ -293,15 +294,15 @@ def _tables(analysis: dict[str, Any]) -> list[tuple[str, list[str], list[list[st
     ]
 
 
-def _title(a: dict[str, Any]) -> str:
+def title(a: dict[str, Any]) -> str:
     return f"{a['dataset']}, lr scaling {a['lr_scaling']} (studies: {', '.join(a['studies'])}; {a['points']} points)"
 
 
 def render_table(analyses: list[dict[str, Any]]) -> str:
     out = []
     for a in analyses:
-        out.append(_title(a))
-        for caption, header, rows in _tables(a):
+        out.append(title(a))
+        for caption, header, rows in tables(a):
             if not rows:
                 continue
             widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
@@ -316,9 +317,9 @@ def render_table(analyses: list[dict[str, Any]]) -> str:
 def render_markdown(analyses: list[dict[str, Any]]) -> str:
     out = []
     for a in analyses:
-        out.append(f"### {_title(a)}\n")
+        out.append(f"### {title(a)}\n")
         out.append(f"**Verdict: {a['verdict']}.** {a['reason']}.\n")
-        for caption, header, rows in _tables(a):
+        for caption, header, rows in tables(a):
             if not rows:
                 continue
             out.append(f"{caption}:\n")

@@ -67,6 +67,14 @@ class Param:
     log: bool = False
     choices: tuple[Any, ...] = ()
 
+    @classmethod
+    def from_distribution(cls, name: str, dist: BaseDistribution, role: str = "") -> Param:
+        """The Param of a stored trial's distribution (for analysing a study without its TOML)."""
+        if isinstance(dist, CategoricalDistribution):
+            return cls(name, "categorical", role, choices=tuple(dist.choices))
+        kind = "int" if isinstance(dist, IntDistribution) else "float"
+        return cls(name, kind, role, low=dist.low, high=dist.high, step=dist.step, log=dist.log)
+
     def distribution(self) -> BaseDistribution:
         if self.type == "categorical":
             return CategoricalDistribution(self.choices)

@@ -62,6 +62,11 @@ FINAL_KEYS = (
     "micro_batch_size",
     "epochs_trained",
 )
+# What ``--objectives`` can ask for: name -> (final metric returned, direction).
+OBJECTIVES = {
+    "accuracy": ("val_accuracy", "maximize"),  # the last epoch's validation accuracy
+    "time": ("train_seconds", "minimize"),  # training seconds (evaluation excluded): the paper's cost
+}
 
 
 @functools.cache
@@ -122,12 +127,17 @@ class Objective:
         checkpoints: Epochs at which the run is also recorded whole, test accuracy included, in
             the user attr ``checkpoints`` ({"10": {...}, "20": {...}}): the fixed grid's
             10/20/50-epoch points of one constant-lr run.
+        objectives: Names in ``OBJECTIVES``. One objective: its value is returned and every epoch's
+            validation accuracy is reported for pruning. Several (``("accuracy", "time")``): a
+            tuple is returned and nothing is reported, since Optuna prunes only single-objective
+            studies.
     """
 
     space: SearchSpace
     budget: str
     run: dict[str, Any]
     checkpoints: tuple[int, ...] = ()
+    objectives: tuple[str, ...] = ("accuracy",)
     _raw: RawDataset | None = None
 
     def config(self, params: dict[str, Any]) -> TrainConfig:
@@ -154,7 +164,12 @@ class Objective:
             return trial.should_prune()
 
         try:
-            result = train(cfg, on_epoch=report, raw=self.raw(), test_at=self.checkpoints)
+            result = train(
+                cfg,
+                on_epoch=report if len(self.objectives) == 1 else None,
+                raw=self.raw(),
+                test_at=self.checkpoints,
+            )
         except RuntimeError as exc:  # CUDA out of memory and other run-time failures
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             trial.set_user_attr("status", "error")
@@ -183,7 +198,8 @@ class Objective:
             # Not an ordinary low score: the trial FAILs with its reason, so samplers and the
             # analysis do not read a broken run as a bad-but-valid configuration.
             trial.set_user_attr("fail_reason", "diverged: the training loss became NaN or infinite")
-            return math.nan
+            return math.nan if len(self.objectives) == 1 else tuple(math.nan for _ in self.objectives)
         if result.status == STOPPED:
             raise optuna.TrialPruned(f"pruned after epoch {result.final['epochs_trained']}")
-        return result.final["val_accuracy"]
+        values = tuple(result.final[OBJECTIVES[name][0]] for name in self.objectives)
+        return values[0] if len(values) == 1 else values

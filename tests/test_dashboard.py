@@ -1,5 +1,6 @@
 """python -m study.dashboard serves the storage's studies (a real server on loopback)."""
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -20,10 +21,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dashboard_lists_the_studies_of_the_storage(tmp_path):
-    url = f"sqlite:///{tmp_path / 's.db'}"
-    study = optuna.create_study(study_name="browse-me", storage=url, direction="maximize")
-    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+@contextlib.contextmanager
+def running_dashboard(url: str):
+    """``python -m study.dashboard`` on a free loopback port; yields (base URL, process) and stops
+    it on exit."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "study.dashboard", "--storage", url, "--port", str(port)],
@@ -32,21 +33,33 @@ def test_dashboard_lists_the_studies_of_the_storage(tmp_path):
         text=True,
     )
     try:
-        deadline, body = time.monotonic() + 60, None
-        while time.monotonic() < deadline and body is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
-                    body = json.load(response)
-            except OSError:
-                assert server.poll() is None, server.stderr.read()
-                time.sleep(0.5)
-        assert body is not None, "the dashboard did not answer within 60 s"
-        names = [s["study_name"] for s in body["study_summaries"]]
-        assert names == ["browse-me"]
+        yield f"http://127.0.0.1:{port}", server
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert f"http://127.0.0.1:{port}/" in server.stdout.read()
+
+
+def get_json(url: str, server: subprocess.Popen, timeout: float = 60.0):
+    """GET ``url`` as JSON, retrying while the server starts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            assert server.poll() is None, server.stderr.read()
+            time.sleep(0.5)
+    raise AssertionError(f"no answer from {url} within {timeout:.0f} s")
+
+
+def test_dashboard_lists_the_studies_of_the_storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="browse-me", storage=url, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    with running_dashboard(url) as (base, server):
+        body = get_json(f"{base}/api/studies", server)
+    assert [s["study_name"] for s in body["study_summaries"]] == ["browse-me"]
+    assert f"{base}/" in server.stdout.read()
 
 
 def test_dashboard_refuses_a_missing_database(tmp_path):
