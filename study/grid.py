@@ -14,7 +14,6 @@ the validation accuracy at the last point.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import optuna
@@ -26,6 +25,7 @@ from study.data import DataUnavailableError
 from study.objective import Objective
 from study.run import check_common, missing_runs, open_study, resolve_budget, run_enqueued, summary
 from study.storage import STORAGE_ENV, StorageError, mask, resolve_url
+from study.workers import interrupted_exit
 
 PROG = "study.grid"
 BATCH_SIZES = (32, 64, 128)
@@ -178,4 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt as exc:  # one line, exit 130: the running trial is failed and queued again
+        raise SystemExit(interrupted_exit(PROG, exc)) from None

@@ -29,7 +29,9 @@ from study.config import TrainConfig
 from study.data import DataUnavailableError
 from study.jsonsafe import finite_or_none
 from study.objective import Objective
+from study.workers import interrupted_exit
 
+PROG = "study.replicate"
 METRICS = ("val_accuracy", "test_accuracy", "train_accuracy", "generalization_gap")
 FORMATS = ("table", "markdown", "json")
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from study.run import missing_runs, open_study, run_enqueued
     from study.storage import resolve_url
 
-    parser = ArgumentParser(prog="study.replicate", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="the study whose best trials are re-run")
     parser.add_argument("--top", type=int, default=3, help="how many of the best trials (default: 3)")
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per trial (default: 3)")
@@ -168,4 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt as exc:  # one line, exit 130: the running trial is failed and queued again
+        raise SystemExit(interrupted_exit(PROG, exc)) from None

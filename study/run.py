@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
+import warnings
 from collections import Counter
 from typing import Any, TextIO
 
+import numpy as np
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
@@ -23,7 +23,7 @@ from search_spaces import SearchSpace, SpaceError, available, load_space
 from study.cli import ArgumentParser, fail
 from study.config import DATASET_SIZES, TrainConfig
 from study.data import DataUnavailableError
-from study.objective import Objective
+from study.objective import OBJECTIVES, Objective
 from study.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
@@ -34,12 +34,12 @@ from study.storage import (
     study_exists,
     tune_for_writing,
 )
+from study.workers import interrupted_exit, optimize_guarded, settled, supervise
 
 PROG = "study.run"
 SAMPLERS = ("tpe", "qmc", "random")
 PRUNERS = ("hyperband", "median", "none")
 BUDGETS = ("quick", "standard")
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def build_parser() -> ArgumentParser:
@@ -74,8 +74,16 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument(
         "--pruner",
-        default="hyperband",
-        help="hyperband (the default), median, or none; trials report validation accuracy every epoch",
+        help="hyperband (the default), median, or none; trials report validation accuracy every epoch. "
+        "Two-objective studies are never pruned (Optuna prunes only single-objective studies)",
+    )
+    parser.add_argument(
+        "--objectives",
+        default="accuracy",
+        help="accuracy (the default: the last epoch's validation accuracy, maximized), or accuracy,time: "
+        "a two-objective study that also minimizes training seconds (the paper's two metrics); it runs "
+        "WITHOUT pruning, since Optuna prunes only single-objective studies, and has a Pareto front "
+        "instead of one best trial",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds the sampler and every trial's training (default: 0)"
@@ -109,6 +117,14 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def sampler_seed(seed: int, worker_index: int | None, n_existing: int) -> int:
+    """``seed`` for a new study's first process; otherwise a seed derived from (seed, worker index,
+    trials already in the study), so that workers and resumed runs draw new points, reproducibly."""
+    if not worker_index and not n_existing:
+        return seed
+    return int(np.random.SeedSequence([seed, worker_index or 0, n_existing]).generate_state(1)[0])
+
+
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
@@ -139,8 +155,9 @@ def format_trial(trial: FrozenTrial, prefix: str = "") -> str:
     attrs = trial.user_attrs
     if trial.state == TrialState.COMPLETE:
         outcome = (
-            f"val acc {trial.value:.4f}  train acc {attrs.get('train_accuracy', float('nan')):.4f}  "
+            f"val acc {trial.values[0]:.4f}  train acc {attrs.get('train_accuracy', float('nan')):.4f}  "
             f"gap {attrs.get('generalization_gap', float('nan')):+.4f}"
+            + (f"  train {trial.values[1]:.1f}s" if len(trial.values) > 1 else "")
         )
     elif trial.state == TrialState.PRUNED:
         outcome = f"pruned after epoch {attrs.get('epochs_trained', len(trial.intermediate_values))}"
@@ -162,7 +179,16 @@ def summary(study: optuna.Study, url: str) -> str:
         + ")"
     ]
     completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if completed:
+    if completed and len(study.directions) > 1:
+        front = sorted(study.best_trials, key=lambda t: -t.values[0])
+        lines.append(f"Pareto front (val acc up, train seconds down): {len(front)} trial(s)")
+        lines += [
+            f"  trial {t.number}: val acc {t.values[0]:.4f}, train {t.values[1]:.1f}s  ("
+            + ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+            + ")"
+            for t in front
+        ]
+    elif completed:
         best = study.best_trial
         a = best.user_attrs
         lines.append(
@@ -190,36 +216,38 @@ def _shares(total: int, workers: int) -> list[int]:
 
 
 def _run_workers(args: argparse.Namespace, space: SearchSpace, url: str, study: optuna.Study) -> int:
-    """Start ``args.workers`` processes on the same study; show progress from the storage."""
-    first_new = len(study.get_trials(deepcopy=False))
+    """Start ``args.workers`` processes on the same study, replace any that a signal kills
+    (study/workers.py), show progress from the storage."""
     env = {**os.environ, STORAGE_ENV: url}  # the URL (and any password) stays off the command line
-    procs = []
-    for index, share in enumerate(_shares(args.n_trials, args.workers)):
-        if share == 0:
-            continue
-        command = [
+    # One process per worker, each with all the cores' threads, would oversubscribe the CPU
+    # (two workers on two cores ran a quick trial 100x slower): split the cores among them.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
+
+    def command(index: int, share: int) -> list[str]:
+        argv = [
             sys.executable, "-m", "study.run",
             "--dataset", args.dataset, "--space", str(space.path), "--study-name", study.study_name,
             "--n-trials", str(share), "--sampler", args.sampler, "--pruner", args.pruner,
+            "--objectives", ",".join(args.objectives),
             "--seed", str(args.seed), "--budget", args.budget, "--device", args.device,
             "--data-dir", args.data_dir, "--worker-index", str(index), "--quiet",
         ]  # fmt: skip
         if args.timeout:
-            command += ["--timeout", str(args.timeout)]
-        procs.append(subprocess.Popen(command, env=env))
+            argv += ["--timeout", str(args.timeout)]
+        return argv
+
     bar = progress_bar(args.n_trials, quiet=args.quiet)
     try:
-        while any(p.poll() is None for p in procs):
-            done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False)[first_new:])
-            bar.update(done - bar.n)
-            time.sleep(1.0)
+        return supervise(
+            study,
+            _shares(args.n_trials, args.workers),
+            command,
+            env,
+            prog=PROG,
+            progress=lambda done: bar.update(done - bar.n),
+        )
     finally:
         bar.close()
-    failed = [p.returncode for p in procs if p.returncode != 0]
-    if failed:
-        print(f"{PROG}: {len(failed)} of {len(procs)} workers exited with errors {failed}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def resolve_budget(args: argparse.Namespace) -> str:
@@ -249,9 +277,10 @@ def open_study(
     *,
     sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
+    objectives: tuple[str, ...] = ("accuracy",),
 ) -> tuple[optuna.Study, bool]:
     """Create or resume ``study_name``; refuses (exit 2) to resume a study whose identity
-    (dataset, space or design, budget) differs. Returns the study and whether it existed."""
+    (dataset, space or design, budget, objectives) differs. Returns the study and whether it existed."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         storage = open_storage(url)
@@ -259,8 +288,12 @@ def open_study(
     except StorageError as exc:
         fail(prog, str(exc))
     if exists:
-        previous = optuna.load_study(study_name=study_name, storage=storage).user_attrs
+        existing = optuna.load_study(study_name=study_name, storage=storage)
+        previous = existing.user_attrs
         clash = {k: previous[k] for k in identity if k in previous and previous[k] != identity[k]}
+        if [d.name.lower() for d in existing.directions] != [OBJECTIVES[name][1] for name in objectives]:
+            directions = ",".join(d.name.lower() for d in existing.directions)
+            clash["objectives"] = previous.get("objectives", f"direction(s) {directions}")
         if clash:
             found = ", ".join(f"{k}={v}" for k, v in clash.items())
             fail(prog, f"study {study_name!r} was created with {found}; pick another --study-name")
@@ -268,12 +301,15 @@ def open_study(
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
-        direction="maximize",
+        directions=[OBJECTIVES[name][1] for name in objectives],
         sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
     )
     if not exists:
+        with warnings.catch_warnings():  # experimental in Optuna, but only labels the dashboard's axes
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVES[name][0] for name in objectives])
         for key, value in identity.items():
             study.set_user_attr(key, value)
     return study, exists
@@ -294,10 +330,12 @@ def optimize(
 
     def on_trial_end(_: optuna.Study, trial: FrozenTrial) -> None:
         bar.update(1)
-        tqdm.write(format_trial(trial, prefix), file=stream)
+        # one write per line: lines of workers sharing a terminal or pipe never interleave
+        tqdm.write(format_trial(trial, prefix) + "\n", file=stream, end="")
 
     try:
-        study.optimize(
+        optimize_guarded(  # Ctrl-C: the running trial is failed as "interrupted" and queued again
+            study,
             objective,
             n_trials=n_trials,
             timeout=timeout,
@@ -310,13 +348,16 @@ def optimize(
         bar.close()
 
 
+def _matches(params: dict[str, Any], other: dict[str, Any]) -> bool:
+    return all(other.get(k) == v for k, v in params.items())
+
+
 def missing_runs(study: optuna.Study, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The fixed-parameter runs of ``wanted`` that have no finished trial yet (a resumed grid or
-    replication runs only what is missing)."""
-    done = [t.params for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    return [
-        params for params in wanted if not any(all(p.get(k) == v for k, v in params.items()) for p in done)
-    ]
+    """The fixed-parameter runs of ``wanted`` without a settled trial (``study.workers.settled``:
+    a killed or interrupted run is still missing), so a resumed grid or replication runs only
+    what is missing."""
+    done = [t.params for t in study.get_trials(deepcopy=False) if settled(t)]
+    return [params for params in wanted if not any(_matches(params, p) for p in done)]
 
 
 def run_enqueued(
@@ -327,9 +368,15 @@ def run_enqueued(
     quiet: bool,
     stream: TextIO = sys.stdout,
 ) -> None:
-    """Enqueue each run's parameters and optimize exactly that many trials."""
+    """Enqueue each run's parameters (unless a retry of it is already queued) and optimize exactly
+    that many trials."""
+    queued = [
+        t.system_attrs.get("fixed_params", {})
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    ]
     for params in runs:
-        study.enqueue_trial(params, skip_if_exists=True)
+        if not any(_matches(params, q) for q in queued):
+            study.enqueue_trial(params)
     if runs:
         optimize(study, objective, n_trials=len(runs), quiet=quiet, stream=stream)
 
@@ -345,8 +392,19 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROG, f"--workers must be >= 1; got {args.workers}")
     if args.sampler not in SAMPLERS:
         fail(PROG, f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    args.objectives = tuple(name.strip() for name in args.objectives.split(","))
+    if args.objectives not in (("accuracy",), ("accuracy", "time")):
+        fail(PROG, f"--objectives must be accuracy or accuracy,time; got {','.join(args.objectives)!r}")
+    multi = len(args.objectives) > 1
+    if args.pruner is None:
+        args.pruner = "none" if multi else "hyperband"
     if args.pruner not in PRUNERS:
         fail(PROG, f"unknown pruner {args.pruner!r}; choose one of {', '.join(PRUNERS)}")
+    if multi and args.pruner != "none":
+        fail(
+            PROG,
+            f"--pruner {args.pruner} with --objectives accuracy,time: Optuna prunes only single-objective studies",
+        )
     budget_note = resolve_budget(args)
     try:
         space = load_space(args.space)
@@ -355,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             space,
             args.budget,
             {"dataset": args.dataset, "data_dir": args.data_dir, "device": args.device, "seed": args.seed},
+            objectives=args.objectives,
         )
         baseline = check_space(objective)
         objective.raw()  # data missing while offline fails here, before the storage exists
@@ -362,19 +421,29 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROG, str(exc))
     except ValueError as exc:  # a fixed setting of the space that TrainConfig rejects
         fail(PROG, f"{space.path}: {exc}")
-    study_name = args.study_name or f"{args.dataset}-{space.name}-{args.budget}"
+    study_name = args.study_name or f"{args.dataset}-{space.name}-{args.budget}" + ("-time" if multi else "")
 
     # --- the storage and the study ------------------------------------------------------------
     epochs = int(space.params["epochs"].high) if "epochs" in space.params else baseline.epochs
-    seed = args.seed + (args.worker_index or 0)  # workers must not draw the same random points
     study, exists = open_study(
         PROG,
         url,
         study_name,
-        {"dataset": args.dataset, "space": space.name, "budget": args.budget},
-        sampler=make_sampler(args.sampler, seed),
+        {
+            "dataset": args.dataset,
+            "space": space.name,
+            "budget": args.budget,
+            "objectives": ",".join(args.objectives),
+        },
+        sampler=make_sampler(args.sampler, args.seed),
         pruner=make_pruner(args.pruner, epochs),
+        objectives=args.objectives,
     )
+    if exists and args.sampler != "qmc":  # QMC continues its own sequence from the stored trials
+        # A worker, or a resumed study, must not re-draw the random points the first run drew.
+        study.sampler = make_sampler(
+            args.sampler, sampler_seed(args.seed, args.worker_index, len(study.trials))
+        )
     if not worker:
         if not exists:
             study.set_user_attr("kind", "search")
@@ -387,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             f"study {study_name} ({'resumed, ' + str(len(study.trials)) + ' trials so far' if exists else 'new'}) "
             f"on {mask(url)}\n"
             f"dataset {args.dataset}, space {space.name}, budget {args.budget} ({budget_note}), "
-            f"sampler {args.sampler}, pruner {args.pruner}, {args.n_trials} trials, {args.workers} worker(s)",
+            f"sampler {args.sampler}, pruner {args.pruner}, objectives {','.join(args.objectives)}, "
+            f"{args.n_trials} trials, {args.workers} worker(s)",
             flush=True,
         )
         if args.workers > 1:
@@ -403,4 +473,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt as exc:  # one line, exit 130; workers leave the line to their parent
+        raise SystemExit(interrupted_exit(PROG, exc, quiet="--worker-index" in sys.argv)) from None

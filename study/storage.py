@@ -6,12 +6,15 @@ environment variable ``STUDY_STORAGE`` so a password stays off the command line.
 
 A worker sends a heartbeat every ``heartbeat_interval`` seconds while a trial runs. A trial whose
 heartbeat is older than ``grace_period`` (its worker was killed) is marked FAIL by the next worker
-that starts a trial, and Optuna's ``RetryHeartbeatStaleTrialCallback`` enqueues a copy of it, so
-it is retried and never left RUNNING.
+that starts a trial, and Optuna's ``RetryHeartbeatStaleTrialCallback`` (``RetryFailedAttempt``)
+enqueues a copy of it, so it is retried and never left RUNNING. Both durations may come from the environment
+(``STUDY_HEARTBEAT_INTERVAL``, ``STUDY_GRACE_PERIOD``, whole seconds): shorter ones find a lost worker
+sooner (the fault tests use 1 and 2), longer ones suit a slow shared database.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -28,10 +31,29 @@ HEARTBEAT_INTERVAL = 10  # seconds between heartbeats of a running trial
 GRACE_PERIOD = 30  # a RUNNING trial with no heartbeat for this long is stale
 MAX_RETRY = 3  # a stale trial is re-run at most this many times
 SQLITE_BUSY_TIMEOUT = 60  # seconds a writer waits for SQLite's lock instead of failing
+HEARTBEAT_ENV = "STUDY_HEARTBEAT_INTERVAL"
+GRACE_ENV = "STUDY_GRACE_PERIOD"
+
+
+# User attrs that describe one attempt at a trial (which process ran it, how it ended), not its
+# configuration: a retry starts without them.
+ATTEMPT_ATTRS = ("worker", "status", "fail_reason")
 
 
 class StorageError(ValueError):
     """The storage URL is malformed or unusable."""
+
+
+class RetryFailedAttempt(RetryHeartbeatStaleTrialCallback):
+    """Optuna's ``RetryHeartbeatStaleTrialCallback``: enqueue a WAITING copy of a trial whose worker
+    was lost (same params, system attrs ``failed_trial`` and ``retry_history``, at most
+    ``max_retry`` times), without the user attrs of the failed attempt (``ATTEMPT_ATTRS``), so
+    the retry is not mistaken for the attempt that died."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+        super().__call__(study, trial)
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -72,6 +94,38 @@ def mask(url: str) -> str:
         return url
 
 
+def heartbeat_settings(
+    heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> tuple[int, int]:
+    """The heartbeat interval and grace period: the arguments, else ``$STUDY_HEARTBEAT_INTERVAL``
+    and ``$STUDY_GRACE_PERIOD``, else 10 and 30 seconds.
+
+    Raises:
+        StorageError: a value is not a whole number of seconds >= 1, or the grace period is not
+            longer than the interval (a live worker's trial would be failed between two heartbeats).
+    """
+    values = []
+    for given, env, default in (
+        (heartbeat_interval, HEARTBEAT_ENV, HEARTBEAT_INTERVAL),
+        (grace_period, GRACE_ENV, GRACE_PERIOD),
+    ):
+        text = str(given) if given is not None else os.environ.get(env) or str(default)
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise StorageError(f"{env} must be a whole number of seconds >= 1; got {text!r}")
+        values.append(value)
+    interval, grace = values
+    if grace <= interval:
+        raise StorageError(
+            f"{GRACE_ENV} ({grace}) must be longer than {HEARTBEAT_ENV} ({interval}), or a live "
+            "worker's trial would be failed between two heartbeats"
+        )
+    return interval, grace
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL (None for other databases or in-memory SQLite)."""
     parsed = make_url(url)
@@ -83,19 +137,27 @@ def sqlite_path(url: str) -> Path | None:
 def open_storage(
     url: str,
     *,
-    heartbeat_interval: int = HEARTBEAT_INTERVAL,
-    grace_period: int = GRACE_PERIOD,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
     create: bool = True,
 ) -> RDBStorage:
     """An RDBStorage with heartbeat and stale-trial retry.
 
     Args:
         url: A resolved URL (see ``resolve_url``).
-        heartbeat_interval: Seconds between heartbeats of a running trial.
-        grace_period: Seconds without heartbeat after which a RUNNING trial is failed and retried.
+        heartbeat_interval: Seconds between heartbeats of a running trial (default:
+            ``$STUDY_HEARTBEAT_INTERVAL`` or 10, see ``heartbeat_settings``).
+        grace_period: Seconds without heartbeat after which a RUNNING trial is failed and retried
+            (default: ``$STUDY_GRACE_PERIOD`` or 30).
         create: Create the SQLite file's folder when missing. With False, a missing SQLite file
-            is an error instead of a new empty database (for read-only tools).
+            is an error instead of a new empty database, and the heartbeat variables are not read
+            (for read-only tools).
     """
+    if create:
+        heartbeat_interval, grace_period = heartbeat_settings(heartbeat_interval, grace_period)
+    else:  # a read-only tool never runs a trial: the heartbeat variables are not its concern
+        heartbeat_interval = heartbeat_interval or HEARTBEAT_INTERVAL
+        grace_period = grace_period or GRACE_PERIOD
     path = sqlite_path(url)
     engine_kwargs: dict = {}
     if path is not None:
@@ -114,7 +176,7 @@ def open_storage(
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                heartbeat_stale_trial_callback=RetryFailedAttempt(max_retry=MAX_RETRY),
             )
     except Exception as exc:
         message = " ".join(str(exc).split()).replace(url, mask(url))

@@ -131,31 +131,6 @@ def test_pruning_stops_a_trial_that_cannot_learn(tmp_path):
     assert bad.user_attrs["epochs_trained"] == len(bad.intermediate_values)
 
 
-def test_diverged_trial_is_failed_with_its_reason(tmp_path):
-    path = tmp_path / "diverge.toml"
-    path.write_text(
-        textwrap.dedent("""
-        [fixed]
-        model = "swin-nano"
-        batch_size = 16
-        epochs = 2
-        train_subset = 160
-        train_eval_size = 100
-        [params.base_lr]
-        type = "categorical"
-        choices = [1e6]
-        role = "nuisance"
-    """)
-    )
-    objective = Objective(load_space(str(path)), "quick", {"dataset": "digits", "device": "cpu", "seed": 0})
-    study = optuna.create_study(direction="maximize")
-    study.optimize(objective, n_trials=1)
-    (trial,) = study.trials
-    assert trial.state == TrialState.FAIL
-    assert trial.user_attrs["status"] == "diverged"
-    assert "diverged" in trial.user_attrs["fail_reason"]
-
-
 def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
@@ -226,7 +201,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_storage_alone(
 
 def test_resuming_with_another_dataset_is_refused(tmp_path):
     db = tmp_path / "s.db"
-    study = optuna.create_study(study_name="t", storage=f"sqlite:///{db}")
+    study = optuna.create_study(study_name="t", storage=f"sqlite:///{db}", direction="maximize")
     study.set_user_attr("dataset", "mnist")
     before = _digest(db)
     proc = run_cli(*quick_args(db))
@@ -263,3 +238,16 @@ def test_password_in_storage_url_never_printed(tmp_path, monkeypatch):
         assert "alice:***@127.0.0.1" in proc.stderr
     monkeypatch.setenv("STUDY_STORAGE", url)
     assert resolve_url(None) == url
+
+
+@pytest.mark.slow
+def test_resuming_draws_new_points(tmp_path):
+    """The same command run twice with the same --seed must not re-draw the first run's points."""
+    db = tmp_path / "s.db"
+    for _ in range(2):
+        proc = run_cli(*quick_args(db, name="r", n_trials="2"), "--sampler", "random", "--pruner", "none")
+        assert proc.returncode == 0, proc.stderr
+    trials = optuna.load_study(study_name="r", storage=f"sqlite:///{db}").trials
+    assert len(trials) == 4 and trials[0].user_attrs.get("baseline")
+    sampled = [tuple(sorted(t.params.items())) for t in trials[1:]]
+    assert len(set(sampled)) == 3, sampled
