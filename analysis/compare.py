@@ -35,11 +35,11 @@ class StudySummary:
     wall_seconds: float
 
 
-def _epochs(trial: FrozenTrial) -> int:
+def trial_epochs(trial: FrozenTrial) -> int:
     return int(trial.user_attrs.get("epochs_trained", len(trial.intermediate_values)))
 
 
-def _seconds(trial: FrozenTrial) -> float:
+def trial_seconds(trial: FrozenTrial) -> float:
     seconds = trial.user_attrs.get("wall_seconds")
     if seconds is None and trial.duration is not None:  # a failed trial may have no metrics
         seconds = trial.duration.total_seconds()
@@ -81,8 +81,8 @@ def summarize(study: optuna.Study) -> StudySummary:
         best_val_accuracy=best[0] if best[0] > -math.inf else math.nan,
         best_test_accuracy=best[1],
         best_where=best[2],
-        epochs_trained=sum(_epochs(t) for t in trials),
-        wall_seconds=sum(_seconds(t) for t in trials),
+        epochs_trained=sum(trial_epochs(t) for t in trials),
+        wall_seconds=sum(trial_seconds(t) for t in trials),
     )
 
 
@@ -90,8 +90,8 @@ def best_so_far(study: optuna.Study) -> list[tuple[float, int, float]]:
     """(cumulative wall seconds, cumulative epochs, best validation accuracy so far) per trial."""
     curve, seconds, epochs, best = [], 0.0, 0, -math.inf
     for t in _finished(study):
-        seconds += _seconds(t)
-        epochs += _epochs(t)
+        seconds += trial_seconds(t)
+        epochs += trial_epochs(t)
         if t.state == TrialState.COMPLETE and t.values:  # values[0]: validation accuracy
             best = max(best, t.values[0])
         curve.append((seconds, epochs, best if best > -math.inf else math.nan))

@@ -522,8 +522,8 @@ def summary_blocks(study: optuna.Study, params: list[str]) -> list[tuple]:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name.lower() for t in trials)
     finished = [t for t in trials if t.state.is_finished()]
-    epochs = sum(compare._epochs(t) for t in finished)
-    seconds = sum(compare._seconds(t) for t in finished)
+    epochs = sum(compare.trial_epochs(t) for t in finished)
+    seconds = sum(compare.trial_seconds(t) for t in finished)
     attrs = study.user_attrs
     blocks: list[tuple] = [
         ("h2", "Summary"),

@@ -25,7 +25,7 @@ from study.data import DataUnavailableError
 from study.objective import Objective
 from study.run import check_common, missing_runs, open_study, resolve_budget, run_enqueued, summary
 from study.storage import STORAGE_ENV, StorageError, mask, resolve_url
-from study.workers import interrupted_exit
+from study.workers import run_main
 
 PROG = "study.grid"
 BATCH_SIZES = (32, 64, 128)
@@ -178,7 +178,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt as exc:  # one line, exit 130: the running trial is failed and queued again
-        raise SystemExit(interrupted_exit(PROG, exc)) from None
+    run_main(PROG, main)

@@ -29,7 +29,7 @@ from study.config import TrainConfig
 from study.data import DataUnavailableError
 from study.jsonsafe import finite_or_none
 from study.objective import Objective
-from study.workers import interrupted_exit
+from study.workers import run_main
 
 PROG = "study.replicate"
 METRICS = ("val_accuracy", "test_accuracy", "train_accuracy", "generalization_gap")
@@ -170,7 +170,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt as exc:  # one line, exit 130: the running trial is failed and queued again
-        raise SystemExit(interrupted_exit(PROG, exc)) from None
+    run_main(PROG, main)

@@ -34,7 +34,7 @@ from study.storage import (
     study_exists,
     tune_for_writing,
 )
-from study.workers import interrupted_exit, optimize_guarded, settled, supervise
+from study.workers import optimize_guarded, run_main, settled, supervise
 
 PROG = "study.run"
 SAMPLERS = ("tpe", "qmc", "random")
@@ -473,7 +473,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt as exc:  # one line, exit 130; workers leave the line to their parent
-        raise SystemExit(interrupted_exit(PROG, exc, quiet="--worker-index" in sys.argv)) from None
+    run_main(PROG, main, quiet="--worker-index" in sys.argv)  # workers leave the Ctrl-C line to their parent

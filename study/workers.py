@@ -26,7 +26,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -74,11 +74,15 @@ def optimize_guarded(
     for number in guard.interrupted:
         _queue_retry(study, number)
     if guard.interrupted:
-        numbers = ", ".join(str(n) for n in guard.interrupted)
-        raise Interrupted(
-            f"interrupted: trial {numbers} recorded as FAIL ({INTERRUPTED}), a copy queued to run first"
-        )
+        raise _interrupted(guard.interrupted)
     raise Interrupted("interrupted between two trials; none was running")
+
+
+def _interrupted(numbers: list[int]) -> Interrupted:
+    return Interrupted(
+        f"interrupted: trial {', '.join(map(str, numbers))} recorded as FAIL ({INTERRUPTED}), "
+        "a copy queued to run first"
+    )
 
 
 class _TrialGuard:
@@ -247,10 +251,7 @@ def supervise(
             if t.user_attrs.get("worker") in tags and t.user_attrs.get("status") == INTERRUPTED
         ]
         if stopped:
-            raise Interrupted(
-                f"interrupted: trial {', '.join(map(str, stopped))} recorded as FAIL ({INTERRUPTED}), "
-                "a copy queued to run first"
-            ) from None
+            raise _interrupted(stopped) from None
         raise Interrupted("interrupted; no trial was running") from None
     if progress is not None:
         progress(_finished(study.get_trials(deepcopy=False), tags))
@@ -360,9 +361,14 @@ def _stop_workers(procs: list[subprocess.Popen]) -> None:
         p.wait()
 
 
-def interrupted_exit(prog: str, exc: KeyboardInterrupt, *, quiet: bool = False) -> int:
-    """Print one line about a Ctrl-C (unless ``quiet``: a worker, whose parent prints it) and
-    return the conventional exit code, 130."""
-    if not quiet:
-        print(f"{prog}: {exc or 'interrupted'}; run the same command to resume", file=sys.stderr)
-    return EXIT_INTERRUPTED
+def run_main(prog: str, main: Callable[[], int], *, quiet: bool = False) -> NoReturn:
+    """Exit with ``main()``'s code; on Ctrl-C print one line (unless ``quiet``: a worker, whose
+    parent prints it) and exit with the conventional 130. The ``__main__`` of every CLI that
+    runs trials."""
+    try:
+        code = main()
+    except KeyboardInterrupt as exc:
+        if not quiet:
+            print(f"{prog}: {exc or 'interrupted'}; run the same command to resume", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    raise SystemExit(code)
