@@ -12,6 +12,8 @@ A space file has four parts::
     model = "swin-nano"
     train_subset = 4000        # capped at the dataset's training split
 
+    [budget.cpu]               # the science at CPU scale (needs its own table to be offered)
+
     [params.base_lr]           # one table per searched TrainConfig field
     type = "float"             # int, float or categorical
     low = 1e-4
@@ -46,7 +48,9 @@ from optuna.distributions import (
 SPACES_DIR = Path(__file__).resolve().parent
 PARAM_TYPES = ("int", "float", "categorical")
 ROLES = ("scientific", "nuisance")
-BUDGETS = ("quick", "standard")
+# quick: smoke runs in CPU minutes; cpu: the science at CPU scale (a preset and subset chosen
+# because the baseline learns the task); standard: the space as written (GPU preset, full data).
+BUDGETS = ("quick", "cpu", "standard")
 _TOP_LEVEL = {"description", "fixed", "budget", "params", "baseline"}
 
 
@@ -127,6 +131,11 @@ class SearchSpace:
     def settings(self, budget: str) -> dict[str, Any]:
         """Fixed TrainConfig values for a budget: [fixed] updated by [budget.<budget>]."""
         return {**self.fixed, **self.budgets.get(budget, {})}
+
+    def offers(self, budget: str) -> bool:
+        """``standard`` is the space as written; ``quick`` falls back to it; ``cpu`` is a designed
+        scale and needs its own [budget.cpu] table."""
+        return budget != "cpu" or "cpu" in self.budgets
 
     def roles(self) -> dict[str, str]:
         return {name: p.role for name, p in self.params.items()} | dict.fromkeys(self.fixed, "fixed")

@@ -114,12 +114,13 @@ class TrainConfig:
 
     @property
     def num_val(self) -> int:
-        """Number of validation images carved from the official training split."""
+        """Validation images carved from a complete official training split (``make_splits`` takes
+        a fraction of the images actually read, so a partial copy gets a proportional split)."""
         return validation_size(self.dataset, self.val_size)
 
     @property
     def num_train(self) -> int:
-        """Number of images the optimizer trains on."""
+        """Images the optimizer trains on, for a complete copy of the dataset."""
         available = available_training_images(self.dataset, self.val_size)
         return available if self.train_subset is None else self.train_subset
 
@@ -138,16 +139,24 @@ class TrainConfig:
         return out
 
 
-def validation_size(dataset: str, val_size: float) -> int:
-    """Validation images for ``val_size`` (a fraction below 1, else a count) of ``dataset``."""
+def validation_size(dataset: str, val_size: float, *, pool: int | None = None) -> int:
+    """Validation images for ``val_size`` (a fraction below 1, else a count).
+
+    Args:
+        dataset: Its official training-split size is the pool when ``pool`` is not given.
+        val_size: A fraction of the pool, or a count.
+        pool: Training images actually read from the files (a partial copy has fewer).
+    """
     if val_size < 1:
-        return int(round(val_size * DATASET_SIZES[dataset][0]))
+        return int(round(val_size * (DATASET_SIZES[dataset][0] if pool is None else pool)))
     return int(val_size)
 
 
-def available_training_images(dataset: str, val_size: float = 0.1) -> int:
-    """Training images left once the validation split is carved out (the most train_subset can be)."""
-    return DATASET_SIZES[dataset][0] - validation_size(dataset, val_size)
+def available_training_images(dataset: str, val_size: float = 0.1, *, pool: int | None = None) -> int:
+    """Training images left once the validation split is carved out (the most train_subset can be),
+    of the official split or of ``pool`` images actually read."""
+    total = DATASET_SIZES[dataset][0] if pool is None else pool
+    return total - validation_size(dataset, val_size, pool=pool)
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...] | list[str]) -> None:

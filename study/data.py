@@ -15,7 +15,9 @@ Where data comes from:
   ``DATA_DIR/cifar-10-batches-py``.
 
 Missing files are downloaded by torchvision when the network allows; otherwise
-``DataUnavailableError`` says where we looked and what to do.
+``DataUnavailableError`` says where we looked and what to do. Files that are there but unusable
+(truncated, not the format, image and label counts that disagree) raise ``DataFileError`` naming
+the file. Both are ``DataError``, which every command turns into one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import shutil
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from study.config import DATASET_SIZES, TrainConfig
+from study.config import DATASET_SIZES, TrainConfig, validation_size
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # The validation split is the same for every run (whatever cfg.seed), so validation accuracies of
@@ -46,8 +49,16 @@ _IDX_FILES = {
 _TORCHVISION_FOLDER = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
 
-class DataUnavailableError(RuntimeError):
+class DataError(RuntimeError):
+    """The data cannot be used as asked: a user's problem, reported as one line (exit 2)."""
+
+
+class DataUnavailableError(DataError):
     """The dataset is not on disk and could not be downloaded."""
+
+
+class DataFileError(DataError):
+    """A data file is there but unusable: truncated, not the expected format, or inconsistent."""
 
 
 @dataclass(frozen=True)
@@ -91,17 +102,27 @@ class DataSplits:
 
 # --- readers -------------------------------------------------------------------------------------
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (plain or .gz), the format of MNIST and Fashion-MNIST."""
+    """Read an IDX file (plain or .gz), the format of MNIST and Fashion-MNIST.
+
+    Raises:
+        DataFileError: the file is not an unsigned-byte IDX file, or is truncated.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataFileError(f"{path}: cannot be read ({exc}); replace the file") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or len(raw) < 4 + 4 * raw[3]:
+        raise DataFileError(f"{path} is not an unsigned-byte IDX file; replace the file")
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(bytearray(raw), dtype=np.uint8, offset=4 + 4 * ndim)  # writable
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape} but holds {data.size} bytes")
+        raise DataFileError(
+            f"{path} is truncated or damaged: its header says {'x'.join(map(str, shape))} values but it "
+            f"holds {data.size}; replace the file"
+        )
     return data.reshape(shape)
 
 
@@ -155,7 +176,18 @@ def _load_idx_dataset(dataset: str, data_dir: Path) -> RawDataset:
     for split, (images, labels) in _IDX_FILES.items():
         img_path, lbl_path = _find_idx(raw_folder, images), _find_idx(raw_folder, labels)
         assert img_path is not None and lbl_path is not None
-        arrays[split] = (read_idx(img_path)[:, None], read_idx(lbl_path))  # (N, 1, 28, 28)
+        image_array, label_array = read_idx(img_path), read_idx(lbl_path)
+        if image_array.ndim != 3 or label_array.ndim != 1:
+            raise DataFileError(
+                f"{img_path} and {lbl_path} must hold (N, H, W) images and (N,) labels; found shapes "
+                f"{image_array.shape} and {label_array.shape}"
+            )
+        if len(image_array) != len(label_array):  # training on misaligned labels would be silent
+            raise DataFileError(
+                f"{img_path} holds {len(image_array)} images but {lbl_path} holds {len(label_array)} "
+                "labels; the two files must come from the same copy of the dataset"
+            )
+        arrays[split] = (image_array[:, None], label_array)  # (N, 1, 28, 28)
     return _raw(arrays["train"], arrays["test"])
 
 
@@ -169,13 +201,40 @@ def _load_cifar10(data_dir: Path) -> RawDataset:
     def read(files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
         for path in files:
-            with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            data, batch_labels = _read_cifar_batch(path)
+            images.append(data)
+            labels.append(batch_labels)
         return np.concatenate(images), np.concatenate(labels)
 
     return _raw(read(train_files), read(test_files))
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 pickle batch: (N, 3, 32, 32) uint8 images and (N,) labels.
+
+    The official batches have ``bytes`` keys (``b"data"``); a copy re-pickled after torchvision's
+    ``latin1`` load has ``str`` keys. Both are accepted.
+    """
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
+        raise DataFileError(
+            f"{path}: not a readable CIFAR-10 pickle batch ({exc}); replace the file"
+        ) from None
+    if not isinstance(batch, dict):
+        raise DataFileError(f"{path}: not a CIFAR-10 batch (a {type(batch).__name__}, not a dict)")
+    entries = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    if "data" not in entries or "labels" not in entries:
+        raise DataFileError(f"{path}: a CIFAR-10 batch needs 'data' and 'labels'; found {sorted(entries)}")
+    data = np.asarray(entries["data"], dtype=np.uint8)
+    labels = np.asarray(entries["labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+        raise DataFileError(
+            f"{path}: expected N rows of 3072 pixel values and N labels; found data {data.shape} and "
+            f"{len(labels)} labels"
+        )
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def _load_digits() -> RawDataset:
@@ -214,19 +273,56 @@ def load_raw(dataset: str, data_dir: str | Path) -> RawDataset:
 
 
 # --- splits --------------------------------------------------------------------------------------
-def make_splits(cfg: TrainConfig, device: torch.device, raw: RawDataset | None = None) -> DataSplits:
-    """Carve the seeded validation split (and optional subset) and move everything to ``device``."""
+def make_splits(
+    cfg: TrainConfig,
+    device: torch.device,
+    raw: RawDataset | None = None,
+    *,
+    input_size: int | None = None,
+) -> DataSplits:
+    """Carve the fixed validation split (and optional subset) and move everything to ``device``.
+
+    A fractional ``val_size`` is taken of the training images actually read (a partial copy of a
+    dataset gets a proportional split), so the split is fixed for a given set of files.
+
+    Args:
+        cfg: The run (dataset, val_size, train_subset, train_eval_size, effective batch).
+        device: Where the tensors live.
+        raw: The dataset, if already loaded.
+        input_size: Zero-pad the images (centred) to this side, the model's input size; the padding
+            is black, the background of MNIST and Fashion-MNIST. Default: no padding.
+
+    Raises:
+        DataError: the files hold too few images for this configuration.
+    """
     raw = raw if raw is not None else load_raw(cfg.dataset, cfg.data_dir)
     n_pool = len(raw.train_labels)
-    n_val = cfg.num_val
+    n_val = validation_size(cfg.dataset, cfg.val_size, pool=n_pool)
     if n_val >= n_pool:
-        raise ValueError(f"val_size {cfg.val_size} leaves no training data ({n_pool} images)")
+        raise DataError(f"val_size {cfg.val_size} leaves no training data: the files hold {n_pool} images")
+    available = n_pool - n_val
+    if cfg.train_subset is not None and cfg.train_subset > available:
+        raise DataError(
+            f"train_subset {cfg.train_subset} is more than the {available} training images the "
+            f"{cfg.dataset} files hold after the validation split ({n_val}); lower train_subset"
+        )
+    n_train = available if cfg.train_subset is None else cfg.train_subset
+    if cfg.effective_batch_size > n_train:
+        raise DataError(
+            f"effective batch {cfg.effective_batch_size} is larger than the {n_train} training images "
+            f"of these {cfg.dataset} files; lower batch_size or accumulation_steps"
+        )
     order = torch.randperm(n_pool, generator=torch.Generator().manual_seed(SPLIT_SEED))
     val_idx, train_idx = order[:n_val], order[n_val:]
     if cfg.train_subset is not None:
         train_idx = train_idx[: cfg.train_subset]
-    train_images = raw.train_images[train_idx]
-    # per-channel statistics of the images we train on, in [0, 1]
+    pad = 0 if input_size is None else _padding(raw.train_images.shape[-1], input_size)
+
+    def padded(images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(images, (pad,) * 4) if pad else images
+
+    train_images = padded(raw.train_images[train_idx])
+    # per-channel statistics of the images the model trains on (padding included), in [0, 1]
     as_float = train_images.float().div_(255)
     mean = as_float.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
     std = as_float.std(dim=(0, 2, 3)).clamp_min(1e-6).view(1, -1, 1, 1)
@@ -240,14 +336,21 @@ def make_splits(cfg: TrainConfig, device: torch.device, raw: RawDataset | None =
         train_labels=put(raw.train_labels[train_idx]),
         train_eval_images=put(train_images[eval_idx]),
         train_eval_labels=put(raw.train_labels[train_idx][eval_idx]),
-        val_images=put(raw.train_images[val_idx]),
+        val_images=put(padded(raw.train_images[val_idx])),
         val_labels=put(raw.train_labels[val_idx]),
-        test_images=put(raw.test_images),
+        test_images=put(padded(raw.test_images)),
         test_labels=put(raw.test_labels),
         mean=put(mean),
         std=put(std),
         augment=cfg.dataset == "cifar10",
     )
+
+
+def _padding(native: int, input_size: int) -> int:
+    extra = input_size - native
+    if extra < 0 or extra % 2:
+        raise ValueError(f"cannot pad {native} px images to {input_size} px evenly")
+    return extra // 2
 
 
 # --- on-device preprocessing ---------------------------------------------------------------------

@@ -6,6 +6,13 @@ epochs in {10, 20, 50}. With a constant learning rate a 50-epoch run passes thro
 20-epoch points unchanged, so each (batch, accumulation) pair is **one** 50-epoch run that records
 all three points: the 18 grid points of a dataset come from 6 runs (times ``--seeds``).
 
+**Learning-rate arms** (``--lr-scaling none,linear,sqrt``): beside the paper's unscaled runs, the
+accumulated runs can scale the learning rate by the accumulation factor (N for ``linear``, sqrt N
+for ``sqrt``), relative to the micro-batch run: every run's reference batch is its micro-batch, so
+an accumulation-1 run has the base learning rate under every rule and is run **once**, shared by
+all arms. If fewer optimizer steps cause the accuracy lost with accumulation, scaling the learning
+rate recovers it at matched epochs; if overfitting does, it does not.
+
 Each run is one trial (GridSampler, no pruning). Its validation accuracy is reported every epoch
 (intermediate values); its user attr ``checkpoints`` holds, at each epoch point, train accuracy,
 validation and test accuracy, the gap, wall seconds and optimizer steps. The trial's value is
@@ -14,14 +21,16 @@ the validation accuracy at the last point.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 
 from search_spaces import Param, SearchSpace
 from study.cli import ArgumentParser, fail
-from study.config import DATASET_SIZES
-from study.data import DataUnavailableError
+from study.config import DATASET_SIZES, LR_SCALING_EXPONENTS, TrainConfig
+from study.data import DataError
 from study.objective import Objective
 from study.run import check_common, missing_runs, open_study, resolve_budget, run_enqueued, summary
 from study.storage import STORAGE_ENV, StorageError, mask, resolve_url
@@ -30,8 +39,28 @@ from study.workers import run_main
 PROG = "study.grid"
 BATCH_SIZES = (32, 64, 128)
 EPOCH_POINTS = (10, 20, 50)
-QUICK_EPOCH_DIVISOR = 10  # quick budget: epoch points 1, 2, 5
-QUICK_TRAIN_SUBSET = 4000  # quick budget: at most this many training images
+
+
+@dataclass(frozen=True)
+class GridBudget:
+    """The scale of a grid: epoch points (the paper's 10/20/50 or the same 1:2:5 ratio), the Swin
+    preset and the training subset (None: the whole training split)."""
+
+    epoch_points: tuple[int, int, int]
+    model: str
+    train_subset: int | None
+    note: str
+
+
+GRID_BUDGETS: dict[str, GridBudget] = {
+    "quick": GridBudget((1, 2, 5), "swin-nano", 4000, "the paper's 10, 20, 50 divided by 10"),
+    # Chosen with benchmarks.learnability (README, "Choosing the CPU preset"): the baseline
+    # plateaus by the middle point, so late overfitting has room to show. 10,240 images are a
+    # multiple of 128 x 4 x 4: with --n-gao 4 (or 2) every accumulated epoch point has an exactly
+    # step-matched epoch of the accumulation-1 run.
+    "cpu": GridBudget((4, 8, 20), "swin-nano", 10_240, "the paper's 1:2:5 ratio at CPU scale"),
+    "standard": GridBudget(EPOCH_POINTS, "swin-micro", None, "the paper's epochs, full data"),
+}
 # The paper protocol: everything but batch, accumulation and epochs is fixed.
 PAPER_PROTOCOL = {
     "protocol": "paper",
@@ -47,25 +76,58 @@ PAPER_PROTOCOL = {
 }
 
 
-def grid_space(*, n_gao: int, seeds: int, budget: str, base_lr: float) -> tuple[SearchSpace, tuple[int, ...]]:
-    """The grid as a SearchSpace (batch_size x accumulation_steps x seed) and its epoch points."""
-    points = EPOCH_POINTS if budget == "standard" else tuple(e // QUICK_EPOCH_DIVISOR for e in EPOCH_POINTS)
-    fixed = {**PAPER_PROTOCOL, "base_lr": base_lr, "epochs": max(points)}
-    fixed |= (
-        {"model": "swin-micro"}
-        if budget == "standard"
-        else {"model": "swin-nano", "train_subset": QUICK_TRAIN_SUBSET}
-    )
+def grid_runs(*, n_gao: int, seeds: int, arms: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every run of the grid: the accumulation-1 runs once (lr scaling "none", which is the same lr
+    under every rule), then the accumulated runs once per arm."""
+    runs = []
+    for seed in range(seeds):
+        for batch in BATCH_SIZES:
+            runs.append({"batch_size": batch, "accumulation_steps": 1, "lr_scaling": "none", "seed": seed})
+            runs += [
+                {"batch_size": batch, "accumulation_steps": n_gao, "lr_scaling": arm, "seed": seed}
+                for arm in arms
+            ]
+    return runs
+
+
+@dataclass
+class GridObjective(Objective):
+    """A grid run: the learning rate is scaled relative to the micro-batch run (reference batch =
+    micro-batch), so lr = base_lr x accumulation_steps ** p for the run's rule."""
+
+    def config(self, params: dict[str, Any]) -> TrainConfig:
+        return super().config({**params, "reference_batch_size": params["batch_size"]})
+
+
+def grid_space(
+    *, n_gao: int, seeds: int, budget: str, base_lr: float, arms: tuple[str, ...] = ("none",)
+) -> tuple[SearchSpace, tuple[int, ...]]:
+    """The grid as a SearchSpace (batch_size x accumulation_steps x lr_scaling x seed) and its epoch
+    points. Only the combinations of ``grid_runs`` are run."""
+    scale = GRID_BUDGETS[budget]
+    points = scale.epoch_points
+    fixed = {**PAPER_PROTOCOL, "base_lr": base_lr, "epochs": max(points), "model": scale.model}
+    del fixed["lr_scaling"]  # a grid parameter: the arm of an accumulated run
+    if scale.train_subset is not None:
+        fixed["train_subset"] = scale.train_subset
     params = {
         "batch_size": Param("batch_size", "categorical", "scientific", choices=BATCH_SIZES),
         "accumulation_steps": Param("accumulation_steps", "categorical", "scientific", choices=(1, n_gao)),
+        "lr_scaling": Param("lr_scaling", "categorical", "scientific", choices=tuple(LR_SCALING_EXPONENTS)),
         "seed": Param("seed", "categorical", "nuisance", choices=tuple(range(seeds))),
     }
+    scaled = [a for a in arms if a != "none"]
     description = (
         f"The paper's fixed grid: batch {BATCH_SIZES} x accumulation (1, {n_gao}) x epochs {points}, "
-        f"{seeds} seed(s); Adam, constant lr {base_lr:g}, no regularization, no lr scaling."
+        f"{seeds} seed(s); Adam, constant lr {base_lr:g}, no regularization, "
+        + (
+            f"no lr scaling, and arms whose accumulated runs scale the lr ({', '.join(scaled)})."
+            if scaled
+            else "no lr scaling."
+        )
     )
-    space = SearchSpace("grid", Path("<grid>"), description, params, fixed, {})
+    # the grid's fixed settings apply to every budget
+    space = SearchSpace("grid", Path("<grid>"), description, params, fixed, {budget: {}})
     return space, points
 
 
@@ -83,15 +145,25 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--base-lr", type=float, default=1e-3, help="Adam's constant learning rate (default: 1e-3)"
     )
+    parser.add_argument(
+        "--lr-scaling",
+        default="none",
+        help="comma-separated arms for the accumulated runs: none (the paper), linear (lr x N), sqrt "
+        "(lr x sqrt N); the accumulation-1 runs are shared by all arms (default: none)",
+    )
     parser.add_argument("--study-name", help="default: DATASET-grid-BUDGET; an existing grid is resumed")
     parser.add_argument(
         "--storage", help=f"SQLAlchemy URL (default: ${STORAGE_ENV} or sqlite:///storage/studies.db)"
     )
     parser.add_argument(
         "--budget",
-        choices=("quick", "standard"),
-        help="quick: epoch points 1/2/5, swin-nano, at most 4000 training images (CPU); standard: "
-        "10/20/50 epochs, swin-micro, full data. Default: standard with CUDA, quick without",
+        choices=tuple(GRID_BUDGETS),
+        help="; ".join(
+            f"{name}: epoch points {'/'.join(map(str, b.epoch_points))}, {b.model}, "
+            + (f"{b.train_subset} training images" if b.train_subset else "full data")
+            for name, b in GRID_BUDGETS.items()
+        )
+        + ". Default: standard with CUDA, quick without",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--data-dir", default="data")
@@ -108,9 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROG, f"--seeds must be >= 1; got {args.seeds}")
     if not args.base_lr > 0:
         fail(PROG, f"--base-lr must be > 0; got {args.base_lr:g}")
+    arms = tuple(dict.fromkeys(a.strip() for a in args.lr_scaling.split(",") if a.strip()))
+    unknown = [a for a in arms if a not in LR_SCALING_EXPONENTS]
+    if unknown or not arms:
+        fail(PROG, f"--lr-scaling takes arms of {', '.join(LR_SCALING_EXPONENTS)}; got {args.lr_scaling!r}")
     budget_note = resolve_budget(args)
-    space, points = grid_space(n_gao=args.n_gao, seeds=args.seeds, budget=args.budget, base_lr=args.base_lr)
-    objective = Objective(
+    space, points = grid_space(
+        n_gao=args.n_gao, seeds=args.seeds, budget=args.budget, base_lr=args.base_lr, arms=arms
+    )
+    objective = GridObjective(
         space,
         args.budget,
         {"dataset": args.dataset, "data_dir": args.data_dir, "device": args.device},
@@ -119,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     grid = {name: list(p.choices) for name, p in space.params.items()}
     try:
         url = resolve_url(args.storage)
-        for batch in BATCH_SIZES:  # the largest effective batch must fit the training set
-            objective.config({"batch_size": batch, "accumulation_steps": args.n_gao, "seed": 0})
-        objective.raw()
-    except (StorageError, DataUnavailableError) as exc:
+        objective.raw()  # missing or damaged data files fail here, before the storage exists
+        for run in grid_runs(n_gao=args.n_gao, seeds=1, arms=arms):  # e.g. the effective batch must fit
+            objective.config(run)
+    except (StorageError, DataError) as exc:
         fail(PROG, str(exc))
     except ValueError as exc:
         fail(PROG, f"the grid cannot run on {args.dataset}: {exc}")
@@ -144,28 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not exists:
         study.set_user_attr("epoch_points", list(points))
-        study.set_user_attr("space_description", space.description)
-    # A resumed grid runs only what is missing (more --seeds grow it).
-    todo = missing_runs(
-        study,
-        [
-            {"batch_size": b, "accumulation_steps": a, "seed": s}
-            for b in grid["batch_size"]
-            for a in grid["accumulation_steps"]
-            for s in grid["seed"]
-        ],
-    )
-    cfg = objective.config({"batch_size": BATCH_SIZES[0], "accumulation_steps": 1, "seed": 0})
+    # A resumed grid runs only what is missing (more --seeds or arms grow it).
+    arms = tuple(dict.fromkeys([*study.user_attrs.get("arms", []), *arms]))
+    study.set_user_attr("arms", list(arms))
+    study.set_user_attr("space_description", space.description)
+    runs = grid_runs(n_gao=args.n_gao, seeds=args.seeds, arms=arms)
+    todo = missing_runs(study, runs)
+    cfg = objective.config(runs[0])
     print(
         f"grid {study_name} ({'resumed' if exists else 'new'}) on {mask(url)}\n"
         f"dataset {args.dataset}, budget {args.budget} ({budget_note}): epoch points {', '.join(map(str, points))}"
-        + (
-            f" (the paper's {', '.join(map(str, EPOCH_POINTS))} divided by {QUICK_EPOCH_DIVISOR})"
-            if args.budget == "quick"
-            else ""
-        )
+        + f" ({GRID_BUDGETS[args.budget].note})"
         + f", model {cfg.model}, {cfg.num_train} training images, Adam lr {args.base_lr:g}\n"
-        f"{len(todo)} of {len(BATCH_SIZES) * 2 * args.seeds} runs to do",
+        f"lr-scaling arms {', '.join(arms)} (accumulation-1 runs shared by all arms)\n"
+        f"{len(todo)} of {len(runs)} runs to do",
         flush=True,
     )
     run_enqueued(study, objective, todo, quiet=args.quiet)

@@ -91,16 +91,20 @@ def environment() -> dict[str, str]:
     return env
 
 
-def build_config(space: SearchSpace, params: dict[str, Any], *, budget: str, **run: Any) -> TrainConfig:
+def build_config(
+    space: SearchSpace, params: dict[str, Any], *, budget: str, pool: int | None = None, **run: Any
+) -> TrainConfig:
     """The TrainConfig of one trial: the space's fixed settings for ``budget``, then ``params``,
     then per-run settings (dataset, data_dir, device, seed).
 
     A budget's ``train_subset`` is capped at what the dataset has, so one space serves every
-    dataset (digits has only 1293 training images).
+    dataset (digits has only 1293 training images): of ``pool`` training images actually read
+    when given (a partial copy of a dataset), else of the official split.
     """
     values = {**space.settings(budget), **params, **run}
     if values.get("train_subset") is not None and values.get("dataset") in DATASET_SIZES:
-        available = available_training_images(values["dataset"], values.get("val_size", TrainConfig.val_size))
+        val_size = values.get("val_size", TrainConfig.val_size)
+        available = available_training_images(values["dataset"], val_size, pool=pool)
         values["train_subset"] = min(values["train_subset"], available)
     return TrainConfig(**values)
 
@@ -141,7 +145,8 @@ class Objective:
     _raw: RawDataset | None = None
 
     def config(self, params: dict[str, Any]) -> TrainConfig:
-        return build_config(self.space, params, budget=self.budget, **self.run)
+        pool = None if self._raw is None else len(self._raw.train_labels)
+        return build_config(self.space, params, budget=self.budget, pool=pool, **self.run)
 
     def raw(self) -> RawDataset:
         """The dataset, read once per process and shared by its trials."""

@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from analysis.common import AnalysisError, load_studies
 from search_spaces import SearchSpace
 from study.config import TrainConfig
-from study.data import DataUnavailableError
+from study.data import DataError
 from study.jsonsafe import finite_or_none
 from study.objective import Objective
 from study.workers import run_main
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         space = SearchSpace("replicate", Path(args.study), "", {}, {}, {})  # configs come from `sources`
         objective = ReplicateObjective(space, "replicate", run, sources=sources)
         objective.raw()
-    except (AnalysisError, DataUnavailableError) as exc:
+    except (AnalysisError, DataError) as exc:
         fail(parser.prog, str(exc))
     name = args.new_study or f"{args.study}-replicate"
     study, _ = open_study(

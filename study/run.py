@@ -22,7 +22,7 @@ from tqdm import tqdm
 from search_spaces import SearchSpace, SpaceError, available, load_space
 from study.cli import ArgumentParser, fail
 from study.config import DATASET_SIZES, TrainConfig
-from study.data import DataUnavailableError
+from study.data import DataError
 from study.objective import OBJECTIVES, Objective
 from study.storage import (
     DEFAULT_STORAGE,
@@ -39,7 +39,7 @@ from study.workers import optimize_guarded, run_main, settled, supervise
 PROG = "study.run"
 SAMPLERS = ("tpe", "qmc", "random")
 PRUNERS = ("hyperband", "median", "none")
-BUDGETS = ("quick", "standard")
+BUDGETS = ("quick", "cpu", "standard")
 
 
 def build_parser() -> ArgumentParser:
@@ -97,8 +97,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--budget",
         choices=BUDGETS,
-        help="quick: CPU minutes (small preset, data subset, fewer epochs, as the space says); standard: "
-        "the space as written (full data, GPU preset). Default: standard with CUDA, quick without",
+        help="quick: smoke runs in CPU minutes (small preset, data subset, fewer epochs, as the space says); "
+        "cpu: the science at CPU scale (the CPU preset on a training subset it learns, the space's "
+        "[budget.cpu]); standard: the space as written (full data, GPU preset). Default: standard with "
+        "CUDA, quick without",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="training device")
     parser.add_argument("--data-dir", default="data", help="where datasets live (default: ./data)")
@@ -408,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     budget_note = resolve_budget(args)
     try:
         space = load_space(args.space)
+        if not space.offers(args.budget):
+            raise SpaceError(
+                f"{space.path}: has no [budget.{args.budget}] table; pick another --budget or space"
+            )
         url = resolve_url(args.storage)
         objective = Objective(
             space,
@@ -415,9 +421,11 @@ def main(argv: list[str] | None = None) -> int:
             {"dataset": args.dataset, "data_dir": args.data_dir, "device": args.device, "seed": args.seed},
             objectives=args.objectives,
         )
+        # Data missing while offline, or damaged files, fail here, before the storage exists; read
+        # first, so that the space is checked against the images actually there.
+        objective.raw()
         baseline = check_space(objective)
-        objective.raw()  # data missing while offline fails here, before the storage exists
-    except (SpaceError, StorageError, DataUnavailableError) as exc:
+    except (SpaceError, StorageError, DataError) as exc:
         fail(PROG, str(exc))
     except ValueError as exc:  # a fixed setting of the space that TrainConfig rejects
         fail(PROG, f"{space.path}: {exc}")

@@ -65,7 +65,8 @@ def resolve_url(url: str | None = None) -> str:
     url = url or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
     try:
         parsed = make_url(url)
-        parsed.get_dialect()
+        # Import the driver now: without it Optuna says only "Failed to import DB access module".
+        parsed.get_dialect().import_dbapi()
     except NoSuchModuleError as exc:  # (a subclass of ArgumentError) unknown database or driver name
         raise StorageError(
             f"unusable storage URL {mask(url)!r} ({exc}); "
@@ -75,10 +76,20 @@ def resolve_url(url: str | None = None) -> str:
         raise StorageError(f"malformed storage URL {mask(url)!r}: {exc}") from None
     except ImportError as exc:  # a known database whose driver is not installed
         raise StorageError(
-            f"unusable storage URL {mask(url)!r}: its driver is not installed ({exc}); "
-            "for PostgreSQL: pip install -e '.[postgres]'"
+            f"storage URL {mask(url)!r} needs the {parsed.get_backend_name()} driver "
+            f"{parsed.get_driver_name()!r}, which is not installed ({exc}); "
+            + _driver_hint(parsed.get_backend_name())
         ) from None
     return url
+
+
+def _driver_hint(backend: str) -> str:
+    if backend == "postgresql":
+        return (
+            "for PostgreSQL install the postgres extra (pip install -e '.[postgres]', psycopg 3) and "
+            "write the URL as postgresql+psycopg://user@host/db"
+        )
+    return f"install a Python driver for {backend} and name it in the URL ({backend}+DRIVER://...)"
 
 
 def mask(url: str) -> str:

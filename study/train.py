@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from study.config import TrainConfig
-from study.data import DataSplits, RawDataset, augment, epoch_batches, make_splits, normalize
+from study.data import DataSplits, RawDataset, augment, epoch_batches, load_raw, make_splits, normalize
 from study.jsonsafe import finite_or_none
-from study.model import build_model, count_parameters
+from study.model import Geometry, build_model, count_parameters, geometry_for
 
 EVAL_BATCH_SIZE = 1024
 # How often (in optimizer steps) the running loss is checked for NaN/inf. Each check is a device
@@ -177,6 +177,7 @@ def train(
     *,
     raw: RawDataset | None = None,
     test_at: Collection[int] = (),
+    geometry: Geometry | None = None,
 ) -> TrainResult:
     """Train one configuration and measure it.
 
@@ -187,6 +188,8 @@ def train(
         raw: Already-loaded dataset (saves re-reading files when a process trains many configs).
         test_at: Epochs after which test accuracy is also measured (the paper's 10/20/50-epoch
             points of one long constant-lr run). Test accuracy is never used for selection.
+        geometry: Input size, patch and window; default ``study.model.GEOMETRY`` for the dataset's
+            image size (``benchmarks.learnability`` passes others to compare them).
 
     Returns:
         The status, the per-epoch history and the ``final`` metrics (those of the last epoch plus
@@ -198,7 +201,9 @@ def train(
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
-    data = make_splits(cfg, device, raw)
+    raw = raw if raw is not None else load_raw(cfg.dataset, cfg.data_dir)
+    geometry = geometry or geometry_for(int(raw.train_images.shape[-1]))
+    data = make_splits(cfg, device, raw, input_size=geometry.input_size)
     model = build_model(
         cfg.model,
         image_size=data.image_size,
@@ -207,6 +212,7 @@ def train(
         dropout=cfg.dropout,
         attn_dropout=cfg.attn_dropout,
         drop_path=cfg.drop_path,
+        geometry=geometry,
     ).to(device)
     num_parameters = count_parameters(model)
     channels_last = device.type == "cuda"
@@ -234,7 +240,7 @@ def train(
         net.train()
         _sync(device)
         epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)  # sum over steps of each step's mean loss
+        loss_sum = torch.zeros((), device=device)  # sum of the micro-batches' mean losses
         epoch_steps = 0
         batches = epoch_batches(
             num_train,
@@ -253,22 +259,24 @@ def train(
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            for idx in micro_batches:
-                images = data.train_images[idx]
-                if data.augment:
-                    images = augment(images, augment_generator)
-                x = normalize(images, data.mean, data.std)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+            # Gather, augment and normalize the effective batch once, then split the tensors:
+            # per-micro-batch work is only the forward/backward (fewer small ops per step), and
+            # augmentation does not depend on how the batch is split.
+            idx = micro_batches[0] if n_micro == 1 else torch.cat(micro_batches)
+            images = data.train_images[idx]
+            if data.augment:
+                images = augment(images, augment_generator)
+            x = normalize(images, data.mean, data.std)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for x_micro, y_micro in zip(x.split(micro), data.train_labels[idx].split(micro), strict=True):
                 with autocast:
-                    logits = net(x)
-                loss = F.cross_entropy(
-                    logits.float(), data.train_labels[idx], label_smoothing=cfg.label_smoothing
-                )
+                    logits = net(x_micro)
+                loss = F.cross_entropy(logits.float(), y_micro, label_smoothing=cfg.label_smoothing)
                 # Each micro-batch is 1/n_micro of the effective batch: the summed gradients are
                 # then the gradient of the effective batch's mean loss, exactly.
-                (loss / n_micro).backward()
-                loss_sum += loss.detach() / n_micro
+                (loss / n_micro if n_micro > 1 else loss).backward()
+                loss_sum += loss.detach()  # divided by n_micro once, at the end of the epoch
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -280,7 +288,7 @@ def train(
         _sync(device)
         epoch_train_seconds = time.perf_counter() - epoch_start
         train_seconds += epoch_train_seconds
-        train_loss = loss_sum.item() / max(1, epoch_steps)
+        train_loss = loss_sum.item() / max(1, epoch_steps * n_micro)  # mean of the steps' mean losses
         if not math.isfinite(train_loss):
             status = DIVERGED
         eval_args = {"autocast": autocast, "channels_last": channels_last}
@@ -348,7 +356,7 @@ def format_epoch(m: EpochMetrics, epochs: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from study.cli import ArgumentParser, add_config_arguments, config_from_args, fail
-    from study.data import DataUnavailableError
+    from study.data import DataError
 
     parser = ArgumentParser(
         prog="study.train",
@@ -370,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = train(cfg, on_epoch=progress)
-    except DataUnavailableError as exc:
+    except DataError as exc:  # missing, truncated or inconsistent data files: one line, exit 2
         fail(parser.prog, str(exc))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -36,16 +36,22 @@ def write_mnist_like(raw_folder: Path, *, n_train: int, n_test: int, seed: int =
     return out
 
 
-def write_cifar10(folder: Path, *, per_batch: int, seed: int = 0):
-    """CIFAR-10 python pickle batches (data_batch_1..5, test_batch) as torchvision expects."""
+def write_cifar10(folder: Path, *, per_batch: int, seed: int = 0, str_keys: bool = False):
+    """CIFAR-10 python pickle batches (data_batch_1..5, test_batch) as torchvision expects.
+
+    ``str_keys``: keys as ``str`` ("data"), as in a copy re-pickled after torchvision's ``latin1``
+    load, instead of the official ``bytes`` (b"data")."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, size=per_batch).tolist()
+        batch = {b"batch_label": name.encode(), b"data": data, b"labels": labels}
+        if str_keys:
+            batch = {k.decode(): v for k, v in batch.items()}
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": data, b"labels": labels}, f)
+            pickle.dump(batch, f)
         written[name] = (data, labels)
     return written
 

@@ -132,3 +132,77 @@ def test_accumulation_changes_the_split_never_the_samples():
         assert torch.equal(batch, torch.cat(micro))
     seen = torch.cat([b for (b,) in whole])
     assert len(set(seen.tolist())) == 96
+
+
+# --- real-file robustness (issue 10) -------------------------------------------------------------
+def test_fractional_validation_split_is_taken_of_the_images_actually_read(tmp_path):
+    write_mnist_like(tmp_path / "MNIST" / "raw", n_train=5000, n_test=100)
+    cfg = TrainConfig(dataset="mnist", data_dir=str(tmp_path), val_size=0.1, batch_size=32)
+    data = make_splits(cfg, torch.device("cpu"))
+    assert len(data.val_labels) == 500 and len(data.train_labels) == 4500
+    again = make_splits(cfg.replace(seed=3), torch.device("cpu"))  # the split is fixed for these files
+    assert torch.equal(again.val_images, data.val_images)
+
+
+def test_cifar10_batches_with_bytes_or_str_keys_load_identically(tmp_path):
+    write_cifar10(tmp_path / "official" / "cifar-10-batches-py", per_batch=12, seed=5)
+    write_cifar10(tmp_path / "repickled" / "cifar-10-batches-py", per_batch=12, seed=5, str_keys=True)
+    a, b = load_raw("cifar10", tmp_path / "official"), load_raw("cifar10", tmp_path / "repickled")
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_padding_to_the_model_input_is_black_and_centred(tmp_path):
+    written = write_mnist_like(tmp_path / "MNIST" / "raw", n_train=200, n_test=10)
+    cfg = TrainConfig(dataset="mnist", data_dir=str(tmp_path), val_size=50, batch_size=16)
+    data = make_splits(cfg, torch.device("cpu"), input_size=32)
+    assert data.image_size == 32 and data.test_images.shape == (10, 1, 32, 32)
+    test = data.test_images[:, 0]
+    np.testing.assert_array_equal(test[:, 2:30, 2:30].numpy(), written["t10k"][0])
+    assert test[:, :2].sum() == 0 and test[:, 30:].sum() == 0 and test[:, :, :2].sum() == 0
+
+
+def damage(raw_folder, kind: str) -> str:
+    """Write MNIST files with one defect; returns the file a user must be told about."""
+    write_mnist_like(raw_folder, n_train=300, n_test=60)
+    if kind == "count-mismatch":  # a label file from another copy of the dataset
+        from tests.conftest import write_idx
+
+        write_idx(raw_folder / "train-labels-idx1-ubyte", np.zeros(299, dtype=np.uint8))
+        return "train-labels-idx1-ubyte"
+    path = raw_folder / "train-images-idx3-ubyte"  # truncated: an interrupted copy
+    path.write_bytes(path.read_bytes()[:-1000])
+    return "train-images-idx3-ubyte"
+
+
+@pytest.mark.parametrize("kind", ["count-mismatch", "truncated"])
+def test_damaged_idx_files_raise_one_data_error_naming_the_file(tmp_path, kind):
+    from study.data import DataError
+
+    name = damage(tmp_path / "MNIST" / "raw", kind)
+    with pytest.raises(DataError, match=name):
+        load_raw("mnist", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["count-mismatch", "truncated"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["study.train", "--epochs", "1", "--train-subset", "64"],
+        ["study.run", "--space", "quick", "--n-trials", "1", "--budget", "quick"],
+        ["study.grid", "--budget", "quick"],
+    ],
+)
+def test_damaged_data_exits_2_with_one_line_everywhere(tmp_path, kind, command):
+    from tests.conftest import cli
+
+    name = damage(tmp_path / "MNIST" / "raw", kind)
+    db = tmp_path / "s.db"
+    module, *rest = command
+    storage = [] if module == "study.train" else ["--storage", f"sqlite:///{db}"]
+    proc = cli(module, *rest, "--dataset", "mnist", "--data-dir", str(tmp_path), "--device", "cpu", *storage)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and name in proc.stderr and "Traceback" not in proc.stderr
+    assert "search_spaces" not in proc.stderr  # the data file is the culprit, not the space
+    assert not db.exists()  # the storage is untouched

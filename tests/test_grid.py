@@ -60,6 +60,31 @@ def test_quick_grid_on_digits_has_six_runs_with_three_epoch_points(tmp_path):
     assert again.returncode == 0 and "0 of 6 runs to do" in again.stdout
     assert len(optuna.load_study(study_name="digits-grid-quick", storage=url).trials) == 6
 
+    # Learning-rate arms grow the grid: only the accumulated runs are added, one per arm; the
+    # accumulation-1 runs are shared (run once, lr unscaled under every rule).
+    arms = run_grid(
+        "--dataset", "digits", "--budget", "quick", "--storage", url, "--quiet", "--lr-scaling", "none,linear,sqrt"
+    )  # fmt: skip
+    assert arms.returncode == 0, arms.stderr
+    assert "6 of 12 runs to do" in arms.stdout
+    study = optuna.load_study(study_name="digits-grid-quick", storage=url)
+    assert study.user_attrs["arms"] == ["none", "linear", "sqrt"]
+    runs = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(runs) == 12
+    assert sum(t.params["accumulation_steps"] == 1 for t in runs) == 3  # one per micro-batch, shared
+    scale = {"none": 1.0, "linear": 4.0, "sqrt": 2.0}
+    for t in runs:
+        cfg = t.user_attrs["config"]
+        assert cfg["reference_batch_size"] == cfg["batch_size"]  # scaled relative to the micro-batch run
+        expected = 1e-3 * (scale[cfg["lr_scaling"]] if cfg["accumulation_steps"] == 4 else 1.0)
+        assert cfg["lr"] == pytest.approx(expected)
+    assert {(t.params["accumulation_steps"], t.params["lr_scaling"]) for t in runs} == {
+        (1, "none"),
+        (4, "none"),
+        (4, "linear"),
+        (4, "sqrt"),
+    }
+
 
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -69,6 +94,8 @@ def test_quick_grid_on_digits_has_six_runs_with_three_epoch_points(tmp_path):
         (["--storage", "not a url"], "malformed storage URL"),
         (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
         (["--n-gao", "64"], "the grid cannot run on digits: effective batch 2048"),
+        (["--lr-scaling", "none,cubic"], "--lr-scaling takes arms of none, linear, sqrt"),
+        (["--budget", "huge"], "invalid choice: 'huge'"),
     ],
 )
 def test_grid_bad_input(tmp_path, args, message):

@@ -97,7 +97,7 @@ def test_cosine_decays_from_the_peak_to_zero():
 
 
 def test_norms_biases_and_position_tables_are_not_decayed():
-    model = build_model("swin-nano", image_size=28, in_chans=1, num_classes=10)
+    model = build_model("swin-nano", image_size=32, in_chans=1, num_classes=10)
     decay, no_decay = parameter_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}

@@ -1,0 +1,258 @@
+"""Does the Swin learn the task? Candidate presets and geometries against non-Swin references.
+
+Every candidate trains with the paper's baseline recipe (Adam, constant lr 1e-3, batch 32, no
+accumulation, no weight decay, dropout or drop-path) on the same split of the same data; beside
+them, on that split, two references a reader knows: scikit-learn's logistic regression on the
+pixels, and a 784-256-10 MLP trained in the same loop (same batches, same optimizer). A Swin that
+ends below the logistic regression has not learned the task at this budget, and a study run on it
+would find "under-training" by construction.
+
+Printed per candidate: validation accuracy after each epoch, training images per second, and the
+seconds (training wall-clock, and CPU seconds of the process: both cores count) until validation
+accuracy first reached each threshold.
+
+Usage::
+
+    python -m benchmarks.learnability                                  # Fashion-MNIST, 10,240 images
+    python -m benchmarks.learnability --train-subset 4000 --epochs 5   # shorter
+    python -m benchmarks.learnability --candidates nano-p4w4,mini-p4w4 --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from study.config import TrainConfig
+from study.data import epoch_batches, load_raw, make_splits, normalize
+from study.model import PRESETS, Geometry, SwinPreset
+from study.train import EpochMetrics, train
+
+# Candidates: (preset, geometry). Presets not shipped in study.model are registered for this
+# process only, so that train() can build them.
+EXTRA_PRESETS = {
+    "swin-mini": SwinPreset(embed_dim=48, depths=(2, 2), num_heads=(3, 6)),
+    "swin-nano-deep": SwinPreset(embed_dim=32, depths=(2, 4), num_heads=(2, 4)),
+}
+OLD_28 = Geometry(input_size=28, patch_size=2, window_size=7)  # before issue 10
+PAD_32 = Geometry(input_size=32, patch_size=4, window_size=4)
+PAD_32_P2 = Geometry(input_size=32, patch_size=2, window_size=4)
+CANDIDATES: dict[str, tuple[str, Geometry]] = {
+    "nano-28p2w7": ("swin-nano", OLD_28),
+    "nano-p4w4": ("swin-nano", PAD_32),
+    "nano-deep-p4w4": ("swin-nano-deep", PAD_32),
+    "mini-p4w4": ("swin-mini", PAD_32),
+    "nano-p2w4": ("swin-nano", PAD_32_P2),
+    "micro-p4w4": ("swin-micro", PAD_32),
+}
+DEFAULT_CANDIDATES = ("nano-28p2w7", "nano-p4w4", "mini-p4w4", "micro-p4w4")
+THRESHOLDS = (0.80, 0.85, 0.88)
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process (user + system, every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Row:
+    name: str
+    parameters: int
+    val_accuracy: list[float] = field(default_factory=list)
+    train_seconds: list[float] = field(default_factory=list)  # cumulative, training only
+    cpu_seconds: list[float] = field(default_factory=list)  # cumulative, whole run (evaluation too)
+    images_per_second: float = math.nan
+    steps_per_epoch: int = 0
+
+    def first_reaching(self, threshold: float) -> tuple[float, float] | None:
+        """(training seconds, CPU seconds) at the first epoch whose val accuracy >= threshold."""
+        for acc, wall, cpu in zip(self.val_accuracy, self.train_seconds, self.cpu_seconds, strict=True):
+            if acc >= threshold:
+                return wall, cpu
+        return None
+
+
+def run_swin(name: str, cfg: TrainConfig, raw) -> Row:
+    preset, geometry = CANDIDATES[name]
+    row = Row(name, 0)
+    start_cpu = cpu_seconds()
+
+    def on_epoch(m: EpochMetrics) -> None:
+        row.val_accuracy.append(m.val_accuracy)
+        row.train_seconds.append(m.train_seconds)
+        row.cpu_seconds.append(cpu_seconds() - start_cpu)
+        print(
+            f"  {name} epoch {m.epoch}: val acc {m.val_accuracy:.4f}  {m.images_per_second:.0f} img/s",
+            file=sys.stderr,
+        )
+
+    result = train(cfg.replace(model=preset), on_epoch=on_epoch, raw=raw, geometry=geometry)
+    row.parameters = result.num_parameters
+    row.images_per_second = result.final["images_per_second"]
+    row.steps_per_epoch = result.history[0].optimizer_steps
+    return row
+
+
+def run_mlp(cfg: TrainConfig, raw) -> Row:
+    """A 784-256-10 MLP in the same loop: same split, same batches (epoch_batches), Adam 1e-3."""
+    torch.manual_seed(cfg.seed)
+    data = make_splits(cfg, torch.device("cpu"), raw)
+    n_in = data.channels * data.image_size**2
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(n_in, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    row = Row("mlp-784-256-10", sum(p.numel() for p in model.parameters()))
+    start_cpu, trained, seen = cpu_seconds(), 0.0, 0
+    for _ in range(cfg.epochs):
+        tick = time.perf_counter()
+        for (idx,) in epoch_batches(
+            len(data.train_labels),
+            effective_batch_size=cfg.batch_size,
+            micro_batch_size=cfg.batch_size,
+            generator=generator,
+        ):
+            loss = F.cross_entropy(
+                model(normalize(data.train_images[idx], data.mean, data.std)), data.train_labels[idx]
+            )
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seen += len(idx)
+        trained += time.perf_counter() - tick
+        with torch.no_grad():
+            logits = model(normalize(data.val_images, data.mean, data.std))
+        row.val_accuracy.append((logits.argmax(1) == data.val_labels).float().mean().item())
+        row.train_seconds.append(trained)
+        row.cpu_seconds.append(cpu_seconds() - start_cpu)
+    row.images_per_second = seen / trained
+    row.steps_per_epoch = len(data.train_labels) // cfg.batch_size
+    return row
+
+
+def run_logistic_regression(cfg: TrainConfig, raw) -> Row:
+    """scikit-learn's multinomial logistic regression on standardized pixels, same split."""
+    from sklearn.linear_model import LogisticRegression
+
+    data = make_splits(cfg, torch.device("cpu"), raw)
+
+    def flat(images: torch.Tensor) -> np.ndarray:
+        return normalize(images, data.mean, data.std).flatten(1).numpy()
+
+    start_cpu, tick = cpu_seconds(), time.perf_counter()
+    model = LogisticRegression(max_iter=300, C=0.1).fit(flat(data.train_images), data.train_labels.numpy())
+    accuracy = float((model.predict(flat(data.val_images)) == data.val_labels.numpy()).mean())
+    row = Row("logistic-regression", int(model.coef_.size + model.intercept_.size))
+    row.val_accuracy = [accuracy]
+    row.train_seconds = [time.perf_counter() - tick]
+    row.cpu_seconds = [cpu_seconds() - start_cpu]
+    return row
+
+
+def render(rows: list[Row], thresholds: tuple[float, ...], *, markdown: bool) -> str:
+    header = [
+        "model",
+        "params",
+        "val acc per epoch",
+        "last",
+        "img/s",
+        *(f"s to {t:.2f} (cpu s)" for t in thresholds),
+    ]
+    body = []
+    for r in rows:
+        reach = []
+        for t in thresholds:
+            hit = r.first_reaching(t)
+            reach.append("-" if hit is None else f"{hit[0]:.0f} ({hit[1]:.0f})")
+        per_epoch = " ".join(f"{a:.3f}" for a in r.val_accuracy) if len(r.val_accuracy) > 1 else "(fit)"
+        ips = "-" if math.isnan(r.images_per_second) else f"{r.images_per_second:.0f}"
+        body.append(
+            [r.name, f"{r.parameters / 1e6:.2f}M", per_epoch, f"{r.val_accuracy[-1]:.3f}", ips, *reach]
+        )
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body]) + "\n"
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    return (
+        "\n".join(lines + ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body])
+        + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist", "cifar10", "digits"]
+    )
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--train-subset", type=int, default=10_240, help="training images (default: 10240)")
+    parser.add_argument("--val-size", type=int, default=5000, help="validation images (default: 5000)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--candidates",
+        default=",".join(DEFAULT_CANDIDATES),
+        help=f"comma-separated, of: {', '.join(CANDIDATES)} (default: {','.join(DEFAULT_CANDIDATES)})",
+    )
+    parser.add_argument("--no-references", action="store_true", help="skip logistic regression and the MLP")
+    parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.candidates.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        parser.error(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
+    for preset, spec in EXTRA_PRESETS.items():
+        PRESETS.setdefault(preset, spec)
+
+    raw = load_raw(args.dataset, args.data_dir)
+    cfg = TrainConfig(  # the paper's baseline recipe
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        batch_size=32,
+        accumulation_steps=1,
+        optimizer="adam",
+        base_lr=1e-3,
+        lr_scaling="none",
+        schedule="constant",
+        epochs=args.epochs,
+        train_subset=args.train_subset,
+        val_size=args.val_size,
+        train_eval_size=1000,
+        seed=args.seed,
+        device="cpu",
+    )
+    print(
+        f"{args.dataset}: {args.train_subset} training and {args.val_size} validation images, {args.epochs} epochs, "
+        f"Adam lr 1e-3, batch 32, seed {args.seed}; cpu, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        flush=True,
+    )
+    rows = []
+    if not args.no_references:
+        rows.append(run_logistic_regression(cfg, raw))
+        rows.append(run_mlp(cfg, raw))
+    for name in names:
+        rows.append(run_swin(name, cfg, raw))
+        print(render(rows[-1:], THRESHOLDS, markdown=False), file=sys.stderr, flush=True)
+    print(render(rows, THRESHOLDS, markdown=args.markdown))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.__dict__ for r in rows], f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
