@@ -42,6 +42,7 @@ from study.train import EpochMetrics, train
 EXTRA_PRESETS = {
     "swin-mini": SwinPreset(embed_dim=48, depths=(2, 2), num_heads=(3, 6)),
     "swin-nano-deep": SwinPreset(embed_dim=32, depths=(2, 4), num_heads=(2, 4)),
+    "swin-micro-deep": SwinPreset(embed_dim=96, depths=(2, 6), num_heads=(3, 6)),  # swin-micro before
 }
 OLD_28 = Geometry(input_size=28, patch_size=2, window_size=7)  # before issue 10
 PAD_32 = Geometry(input_size=32, patch_size=4, window_size=4)
@@ -53,6 +54,7 @@ CANDIDATES: dict[str, tuple[str, Geometry]] = {
     "mini-p4w4": ("swin-mini", PAD_32),
     "nano-p2w4": ("swin-nano", PAD_32_P2),
     "micro-p4w4": ("swin-micro", PAD_32),
+    "micro-deep-p4w4": ("swin-micro-deep", PAD_32),
 }
 DEFAULT_CANDIDATES = ("nano-28p2w7", "nano-p4w4", "mini-p4w4", "micro-p4w4")
 THRESHOLDS = (0.80, 0.85, 0.88)
@@ -84,6 +86,8 @@ class Row:
 
 def run_swin(name: str, cfg: TrainConfig, raw) -> Row:
     preset, geometry = CANDIDATES[name]
+    if cfg.precision != "fp32":
+        name = f"{name} {cfg.precision}"
     row = Row(name, 0)
     start_cpu = cpu_seconds()
 
@@ -208,6 +212,11 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(DEFAULT_CANDIDATES),
         help=f"comma-separated, of: {', '.join(CANDIDATES)} (default: {','.join(DEFAULT_CANDIDATES)})",
     )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32 (the default), bf16 (autocast), or both: each candidate once per precision",
+    )
     parser.add_argument("--no-references", action="store_true", help="skip logistic regression and the MLP")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     parser.add_argument("--json", help="also write the rows to this JSON file")
@@ -245,9 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_references:
         rows.append(run_logistic_regression(cfg, raw))
         rows.append(run_mlp(cfg, raw))
+    precisions = ("fp32", "bf16") if args.precision == "both" else (args.precision,)
     for name in names:
-        rows.append(run_swin(name, cfg, raw))
-        print(render(rows[-1:], THRESHOLDS, markdown=False), file=sys.stderr, flush=True)
+        for precision in precisions:
+            rows.append(run_swin(name, cfg.replace(precision=precision), raw))
+            print(render(rows[-1:], THRESHOLDS, markdown=False), file=sys.stderr, flush=True)
     print(render(rows, THRESHOLDS, markdown=args.markdown))
     if args.json:
         with open(args.json, "w") as f:

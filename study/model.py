@@ -20,9 +20,14 @@ preset"), measured by ``python -m benchmarks.learnability``.
 
 Presets:
 
-* ``swin-nano``: the CPU preset (tests, quick and cpu budgets).
-* ``swin-micro``: the GPU preset (``standard`` budget); same geometry, three times wider, deeper
-  second stage.
+* ``swin-nano``: the CPU preset (tests, quick and cpu budgets). On 20,480 Fashion-MNIST images
+  under the paper's recipe it reaches 0.851 validation accuracy by epoch 10, above logistic
+  regression on the same split (0.839).
+* ``swin-micro``: the GPU preset (``standard`` budget); same geometry, three times wider. It must
+  learn at least as fast per optimizer step as the CPU preset: on 10,240 Fashion-MNIST images,
+  batch 32, it reached 0.712 / 0.774 / 0.772 after epochs 1-3 against swin-nano's 0.689 / 0.755 /
+  0.771. The deeper 2+6-block version used before learned slower per step (0.646 / 0.722 after
+  epochs 1-2) and was dropped.
 """
 
 from __future__ import annotations
@@ -60,8 +65,8 @@ class Geometry:
 PRESETS: dict[str, SwinPreset] = {
     # ~0.14 M parameters: the CPU preset (about 2,000 training images/s on 2 cores at 28 px)
     "swin-nano": SwinPreset(embed_dim=32, depths=(2, 2), num_heads=(2, 4)),
-    # ~3.0 M parameters: the GPU preset
-    "swin-micro": SwinPreset(embed_dim=96, depths=(2, 6), num_heads=(3, 6)),
+    # ~1.2 M parameters: the GPU preset (2+6 blocks learned slower per step; module docstring)
+    "swin-micro": SwinPreset(embed_dim=96, depths=(2, 2), num_heads=(3, 6)),
 }
 
 # native image size -> geometry; see the table in the module docstring

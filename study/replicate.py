@@ -50,13 +50,38 @@ class ReplicateObjective(Objective):
         return TrainConfig(**{**self.sources[source]["config"], **self.run, "seed": seed})
 
 
-def best_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
-    done = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE and "config" in t.user_attrs
-    ]
-    return sorted(done, key=lambda t: t.value, reverse=True)[:top]
+def best_trials(
+    study: optuna.Study, top: int, *, per: str | None = None, values: tuple[Any, ...] | None = None
+) -> list[optuna.trial.FrozenTrial]:
+    """The ``top`` completed trials by value; with ``per`` (a parameter name), the ``top`` of each
+    of its values (of ``values`` only, when given).
+
+    Pruning compares trials at equal epochs, where an accumulated trial has made N times fewer
+    optimizer steps, so a value can end with every trial pruned. Such a value is not left out: its
+    trials that trained longest (then scored best at their last report) stand in, and re-running
+    them unpruned over seeds is what answers whether tuning recovers its accuracy.
+    """
+    with_config = [t for t in study.get_trials(deepcopy=False) if "config" in t.user_attrs]
+    done = sorted(
+        (t for t in with_config if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True
+    )
+    if per is None:
+        return done[:top]
+    chosen = []
+    present = sorted({t.params[per] for t in with_config if per in t.params}, key=repr)
+    for value in [v for v in present if values is None or v in values]:
+        completed = [t for t in done if t.params.get(per) == value]
+        pruned = sorted(
+            (t for t in with_config if t.state == TrialState.PRUNED and t.params.get(per) == value),
+            key=lambda t: (
+                (len(t.intermediate_values), t.intermediate_values[max(t.intermediate_values)])
+                if t.intermediate_values
+                else (0, -math.inf)
+            ),
+            reverse=True,
+        )
+        chosen += (completed + pruned)[:top]
+    return chosen
 
 
 def report(source: optuna.Study, replicas: optuna.Study, chosen: list) -> list[dict[str, Any]]:
@@ -70,7 +95,13 @@ def report(source: optuna.Study, replicas: optuna.Study, chosen: list) -> list[d
         row: dict[str, Any] = {
             "source_trial": original.number,
             "params": original.params,
-            "original_val_accuracy": original.value,
+            # a pruned stand-in (see best_trials) has no value: its last reported one
+            "original_val_accuracy": original.value
+            if original.value is not None
+            else original.intermediate_values[max(original.intermediate_values)]
+            if original.intermediate_values
+            else math.nan,
+            "original_state": original.state.name.lower(),
             "seeds": sorted(t.params["seed"] for t in runs),
             "n": len(runs),
         }
@@ -113,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="the study whose best trials are re-run")
     parser.add_argument("--top", type=int, default=3, help="how many of the best trials (default: 3)")
+    parser.add_argument(
+        "--best-per",
+        metavar="PARAM",
+        help="take the --top best trials for EACH value of this parameter (e.g. accumulation_steps), a "
+        "value whose trials were all pruned being represented by the ones that trained longest",
+    )
+    parser.add_argument(
+        "--values", help="with --best-per: only these values, comma-separated (e.g. 1,4); default: all"
+    )
     parser.add_argument("--seeds", type=int, default=3, help="fresh seeds per trial (default: 3)")
     parser.add_argument(
         "--new-study", help="where the re-runs go (default: STUDY-replicate); resumed if it exists"
@@ -130,7 +170,31 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         (source,) = load_studies([args.study], args.storage)
-        chosen = best_trials(source, args.top)
+        searched = {name for t in source.get_trials(deepcopy=False) for name in t.params}
+        if args.best_per is not None and args.best_per not in searched:
+            raise AnalysisError(
+                f"--best-per {args.best_per}: not a parameter of {args.study}; its parameters: "
+                + (", ".join(sorted(searched)) or "none")
+            )
+        values = None
+        if args.values is not None:
+            if args.best_per is None:
+                raise AnalysisError("--values needs --best-per PARAM")
+            present = {
+                t.params[args.best_per]
+                for t in source.get_trials(deepcopy=False)
+                if args.best_per in t.params
+            }
+            by_text = {str(v): v for v in present}
+            wanted = [v.strip() for v in args.values.split(",") if v.strip()]
+            missing = [v for v in wanted if v not in by_text]
+            if missing:
+                raise AnalysisError(
+                    f"--values {','.join(missing)}: no trial of {args.study} has {args.best_per} = that; "
+                    f"it has {', '.join(sorted(by_text))}"
+                )
+            values = tuple(by_text[v] for v in wanted)
+        chosen = best_trials(source, args.top, per=args.best_per, values=values)
         if not chosen:
             raise AnalysisError(f"study {args.study!r} has no completed trial with a recorded config")
         sources = {

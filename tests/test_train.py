@@ -208,3 +208,29 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("study.train: error: ") and message in lines[0]
     assert proc.stdout == ""
+
+
+def test_cpu_preset_learns_real_fashion_mnist(tmp_path):
+    """The CPU preset learns the real task (issue 10): 2 epochs on 2,048 Fashion-MNIST images.
+
+    Measured once (2-core CPU, seed 0): validation accuracy 0.458 / 0.530 per epoch with the padded
+    32 px / patch 4 / window 4 geometry; the geometry used before (28 px, patch 2, window 7) reached
+    0.300 / 0.410 on the same run. The threshold sits between the two."""
+    from study.data import DEBIAN_FASHION_MNIST
+    from tests.conftest import require
+
+    require(DEBIAN_FASHION_MNIST.is_dir(), "Debian dataset-fashion-mnist absent: apt-get install dataset-fashion-mnist")
+    cfg = TrainConfig(
+        dataset="fashion-mnist",
+        data_dir=str(tmp_path),
+        model="swin-nano",
+        train_subset=2048,
+        val_size=2000,
+        train_eval_size=256,
+        epochs=2,
+        batch_size=32,
+        device="cpu",
+        seed=0,
+    )
+    result = train(cfg)
+    assert result.final["val_accuracy"] > 0.48

@@ -1,0 +1,242 @@
+"""The answer of an experiment: ``verdict.json``, ``report.md`` and its figures.
+
+Drawn from the designed runs only: the grid (every seed, every lr-scaling arm) for the verdict,
+the unpruned replicates of the best searched configurations for the tuning question. The search's
+own trials are selected, not sampled, and Hyperband prunes accumulated trials at equal epochs, so
+they feed no claim here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from scipy import stats
+
+from analysis.stats import mean_ci
+from analysis.verdict import METRICS, ArmAnalysis, analyse, ci_dict, plot_steps, recovery, runs_from_study
+from study.jsonsafe import finite_or_none
+
+LABELS = {"train_accuracy": "train acc", "val_accuracy": "val acc", "generalization_gap": "gap"}
+
+
+def fmt(ci: dict[str, float], digits: int = 3) -> str:
+    if ci["mean"] is None or math.isnan(ci["mean"]):
+        return "-"
+    if math.isnan(ci["low"]):
+        return f"{ci['mean']:+.{digits}f}"
+    return f"{ci['mean']:+.{digits}f} [{ci['low']:+.{digits}f}, {ci['high']:+.{digits}f}]"
+
+
+def ratio(ci: dict[str, float]) -> str:
+    if math.isnan(ci["low"]):
+        return f"{ci['mean']:.2f}x"
+    return f"{ci['mean']:.2f}x [{ci['low']:.2f}, {ci['high']:.2f}]"
+
+
+def welch(a: list[float], b: list[float]) -> dict[str, float]:
+    """mean(b) - mean(a) with a Welch t 95% interval (independent runs, unequal variances)."""
+    if len(a) < 2 or len(b) < 2:
+        diff = (sum(b) / len(b) - sum(a) / len(a)) if a and b else math.nan
+        return {"mean": diff, "low": math.nan, "high": math.nan, "n": min(len(a), len(b))}
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1) / len(a)
+    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return {"mean": mb - ma, "low": mb - ma, "high": mb - ma, "n": min(len(a), len(b))}
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.975, dof)) * se
+    return {"mean": mb - ma, "low": mb - ma - half, "high": mb - ma + half, "n": min(len(a), len(b))}
+
+
+def tuned(replicate: optuna.Study | None) -> dict[str, Any] | None:
+    """Validation accuracy of the replicated best configurations, per accumulation value."""
+    if replicate is None:
+        return None
+    by_value: dict[int, list[float]] = defaultdict(list)
+    configs: dict[int, dict[str, Any]] = {}
+    for t in replicate.get_trials(deepcopy=False):
+        cfg = t.user_attrs.get("config")
+        if t.state == TrialState.COMPLETE and cfg and t.user_attrs.get("val_accuracy") is not None:
+            by_value[cfg["accumulation_steps"]].append(t.user_attrs["val_accuracy"])
+            configs[cfg["accumulation_steps"]] = {
+                k: cfg[k] for k in ("lr_scaling", "base_lr", "lr", "weight_decay", "dropout", "drop_path")
+            }
+    if not by_value:
+        return None
+    values = sorted(by_value)
+    out: dict[str, Any] = {
+        "val_accuracy": {str(v): ci_dict(mean_ci(by_value[v])) for v in values},
+        "configs": {str(v): configs[v] for v in values},
+    }
+    if 1 in by_value and len(values) > 1:
+        out["difference"] = {str(v): welch(by_value[1], by_value[v]) for v in values if v != 1}
+    return out
+
+
+def scale(grid: optuna.Study) -> dict[str, Any]:
+    """What the grid measured at: preset, data, epoch points, seeds."""
+    configs = [t.user_attrs["config"] for t in grid.get_trials(deepcopy=False) if t.user_attrs.get("config")]
+    first = configs[0] if configs else {}
+    return {
+        "dataset": grid.user_attrs.get("dataset"),
+        "budget": grid.user_attrs.get("budget"),
+        "model": first.get("model"),
+        "train_subset": first.get("train_subset"),
+        "epoch_points": grid.user_attrs.get("epoch_points"),
+        "micro_batches": sorted({c["batch_size"] for c in configs}),
+        "accumulation": sorted({c["accumulation_steps"] for c in configs}),
+        "seeds": sorted({c["seed"] for c in configs}),
+        "base_lr": first.get("base_lr"),
+        "finished_runs": sum(t.state == TrialState.COMPLETE for t in grid.get_trials(deepcopy=False)),
+    }
+
+
+def headline(analyses: list[ArmAnalysis], where: dict[str, Any]) -> str:
+    """A sentence a reader can quote."""
+    none = next((a for a in analyses if a.arm == "none"), None)
+    if none is None or not none.at_epochs:
+        return "No accumulated run has its accumulation-1 baseline yet: nothing to conclude."
+    last = none.at_epochs[-1]
+    text = (
+        f"On {where['dataset']} ({where['model']}, {where['train_subset']} training images, "
+        f"{len(none.seeds)} seed(s), micro-batches {', '.join(map(str, none.batch_sizes))}), accumulating "
+        f"{none.accumulation_steps} micro-batches changed validation accuracy by {fmt(last['val_accuracy'])} "
+        f"and the generalization gap by {fmt(last['generalization_gap'])} after {last['epoch']} epochs"
+    )
+    if none.at_steps:
+        s = none.at_steps[-1]
+        text += (
+            f"; at exactly matched optimizer steps validation accuracy changed by {fmt(s['val_accuracy'])} "
+            f"and the gap by {fmt(s['generalization_gap'])}"
+        )
+    return text + f" (95% CIs over seeds). Verdict: **{none.verdict}**."
+
+
+def arm_markdown(a: ArmAnalysis, figure: Path | None) -> list[str]:
+    lines = [f"### lr scaling `{a.arm}`, accumulation {a.accumulation_steps} vs 1", ""]
+    lines += [f"**Verdict: {a.verdict}.** {a.reason}.", ""]
+    header = "| where | " + " | ".join(LABELS[m] for m in METRICS) + " |"
+    lines += ["Effect of accumulation (N minus 1), paired by seed, mean [95% CI], n = seeds:", "", header]
+    lines.append("|---|" + "---|" * len(METRICS))
+    for row in a.at_epochs:
+        lines.append(f"| epoch {row['epoch']} | " + " | ".join(fmt(row[m]) for m in METRICS) + " |")
+    for row in a.at_steps:
+        where = (
+            f"matched steps (accumulated epoch {'/'.join(map(str, row['accumulated_epoch']))} = baseline epoch "
+            f"{'/'.join(map(str, row['baseline_epochs']))})"
+        )
+        lines.append(f"| {where} | " + " | ".join(fmt(row[m]) for m in METRICS) + " |")
+    lines.append("")
+    if a.at_epochs:
+        last = a.at_epochs[-1]
+        lines += [
+            f"Per micro-batch at epoch {last['epoch']}:",
+            "",
+            "| micro-batch | " + " | ".join(LABELS[m] for m in METRICS) + " |",
+        ]
+        lines.append("|---|" + "---|" * len(METRICS))
+        for batch in map(str, a.batch_sizes):
+            lines.append(
+                f"| {batch} | " + " | ".join(fmt(last[f"{m}_by_batch"][batch]) for m in METRICS) + " |"
+            )
+        lines.append("")
+    if a.unmatched:
+        lines += [
+            "Epoch points with no exactly step-matched baseline epoch (not compared at matched steps): "
+            + ", ".join(str(u["epoch"]) for u in a.unmatched)
+            + ".",
+            "",
+        ]
+    lines += [
+        f"Training time, accumulation {a.accumulation_steps} / 1 at the same micro-batch: "
+        f"seconds per epoch {ratio(a.time['seconds_per_epoch'])}, seconds per optimizer step "
+        f"{ratio(a.time['seconds_per_step'])} (95% CI over seeds; more than 1x means slower with accumulation).",
+        "",
+    ]
+    lines += [
+        "Predictions: "
+        + "; ".join(
+            f"{k}: {'yes' if v else 'no' if v is not None else 'n/a'}" for k, v in a.predictions.items()
+        )
+        + ".",
+        "",
+    ]
+    if figure is not None:
+        lines += [f"![accuracy against optimizer steps and epochs, arm {a.arm}](figures/{figure.name})", ""]
+    return lines
+
+
+def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
+    """``verdict.json``, ``report.md`` and ``figures/steps-*.png`` under ``out``."""
+    grid = studies["grid"]
+    analyses = analyse(grid)
+    runs = runs_from_study(grid)
+    where = scale(grid)
+    figures = {}
+    for a in analyses:
+        figures[(a.arm, a.accumulation_steps)] = plot_steps(
+            runs,
+            arm=a.arm,
+            n=a.accumulation_steps,
+            path=out / "figures" / f"steps-{a.arm}-x{a.accumulation_steps}.png",
+        )
+    recovered = recovery(analyses)
+    tuning = tuned(studies.get("replicate"))
+    summary = headline(analyses, where)
+    verdict = {
+        "headline": summary.replace("**", ""),
+        "scale": where,
+        "arms": [a.to_dict() for a in analyses],
+        "lr_scaling_recovery": recovered,
+        "tuned_replicates": tuning,
+    }
+    written = [out / "verdict.json"]
+    written[0].write_text(json.dumps(finite_or_none(verdict), indent=1) + "\n")
+
+    lines = [
+        f"# Does gradient accumulation make the Swin overfit? {where['dataset']}, budget {where['budget']}",
+        "",
+    ]
+    lines += [summary, ""]
+    lines += [
+        f"Scale: {where['model']}, {where['train_subset']} training images, epoch points "
+        f"{'/'.join(map(str, where['epoch_points'] or []))}, micro-batches {', '.join(map(str, where['micro_batches']))}, "
+        f"accumulation {' and '.join(map(str, where['accumulation']))}, Adam lr {where['base_lr']}, seeds "
+        f"{', '.join(map(str, where['seeds']))} ({where['finished_runs']} finished grid runs). The unit of replication "
+        "is the run: effects are paired by seed, averaged over micro-batches within a seed, n = seeds.",
+        "",
+    ]
+    if recovered:
+        lines += (
+            ["## Does scaling the learning rate recover the loss?", ""] + [f"- {r}" for r in recovered] + [""]
+        )
+    lines += ["## The verdict per lr-scaling arm", ""]
+    for a in analyses:
+        lines += arm_markdown(a, figures[(a.arm, a.accumulation_steps)])
+    if tuning:
+        lines += ["## Can tuning recover it? The best searched configurations, re-run without pruning", ""]
+        lines += ["| accumulation | val acc (mean [95% CI], n) | configuration |", "|---|---|---|"]
+        for value, ci in tuning["val_accuracy"].items():
+            cfg = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in tuning["configs"][value].items()
+            )
+            lines.append(
+                f"| {value} | {ci['mean']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}], n={ci['n']} | {cfg} |"
+            )
+        for value, diff in tuning.get("difference", {}).items():
+            lines.append("")
+            lines.append(
+                f"Tuned accumulation {value} minus tuned accumulation 1: {fmt(diff)} (Welch 95% CI)."
+            )
+        lines.append("")
+    (out / "report.md").write_text("\n".join(lines))
+    written.append(out / "report.md")
+    return written + [p for p in figures.values() if p is not None]

@@ -1,0 +1,206 @@
+"""Trials as CSV: what a reader needs to re-analyse a study without its database.
+
+Two tables per study:
+
+* **runs**: one row per trial: number, state, parameters, value, the resolved settings a reader
+  needs (dataset, model, batch, accumulation, effective batch, lr rule and computed lr, epochs,
+  training images, seed) and the final metrics;
+* **history**: one row per trial and epoch: optimizer steps, samples seen, train and validation
+  loss and accuracy, the gap, cumulative training seconds (the matched-steps comparisons and the
+  figures are drawn from this table).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+CONFIG_COLUMNS = (
+    "dataset",
+    "model",
+    "protocol",
+    "batch_size",
+    "accumulation_steps",
+    "effective_batch_size",
+    "lr_scaling",
+    "base_lr",
+    "lr",
+    "epochs",
+    "train_subset",
+    "weight_decay",
+    "dropout",
+    "drop_path",
+    "seed",
+)
+FINAL_COLUMNS = (
+    "status",
+    "train_accuracy",
+    "val_accuracy",
+    "test_accuracy",
+    "generalization_gap",
+    "optimizer_steps",
+    "train_seconds",
+    "wall_seconds",
+    "epochs_trained",
+    "fail_reason",
+)
+HISTORY_COLUMNS = (
+    "optimizer_steps",
+    "samples_seen",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "generalization_gap",
+    "train_seconds",
+)
+
+
+def run_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial of ``study``."""
+    params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        config = t.user_attrs.get("config", {})
+        row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower()}
+        row |= {f"param_{name}": t.params.get(name) for name in params}
+        row["value"] = t.values[0] if t.values else None
+        row |= {name: config.get(name) for name in CONFIG_COLUMNS}
+        row |= {name: t.user_attrs.get(name) for name in FINAL_COLUMNS}
+        rows.append(row)
+    return rows
+
+
+def history_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per (trial, epoch) of every trial that recorded a history."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        history = t.user_attrs.get("history") or {}
+        config = t.user_attrs.get("config", {})
+        epochs = len(history.get("optimizer_steps", []))
+        for i in range(epochs):
+            row: dict[str, Any] = {"trial": t.number}
+            row |= {k: config.get(k) for k in ("batch_size", "accumulation_steps", "lr_scaling", "seed")}
+            row["epoch"] = i + 1
+            row |= {k: (history.get(k) or [None] * epochs)[i] for k in HISTORY_COLUMNS}
+            rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Write ``rows`` (dicts with the same keys) to ``path``; an empty table gets no header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return path
+
+
+# --- trial records: a study's outcome without its database, and resuming from it -----------------
+def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
+    """JSON-able records of the study and of its settled trials (``study.workers.settled``): the
+    first record holds the study's name, directions and user attrs; each next one a trial whole
+    (params with distributions, values, intermediate values, user attrs)."""
+    from study.jsonsafe import finite_or_none
+    from study.workers import settled
+
+    records: list[dict[str, Any]] = [
+        {
+            "study": study.study_name,
+            "directions": [d.name.lower() for d in study.directions],
+            "user_attrs": study.user_attrs,
+        }
+    ]
+    for t in study.get_trials(deepcopy=False):
+        if not settled(t):
+            continue
+        records.append(
+            finite_or_none(
+                {
+                    "number": t.number,
+                    "state": t.state.name,
+                    "params": t.params,
+                    "distributions": {
+                        k: optuna.distributions.distribution_to_json(d) for k, d in t.distributions.items()
+                    },
+                    "values": t.values,
+                    "intermediate_values": {str(k): v for k, v in t.intermediate_values.items()},
+                    "user_attrs": t.user_attrs,
+                    "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+                    "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+                }
+            )
+        )
+    return records
+
+
+def write_records(study: optuna.Study, path: Path) -> Path:
+    """The study's records (``trial_records``) as JSON lines."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for record in trial_records(study):
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+    return path
+
+
+def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[str, int]:
+    """Add to ``storage`` the trials of a records file that it lacks (same parameters and state),
+    creating the study with its recorded directions and user attrs when it does not exist.
+
+    This is how an experiment resumes on another machine: its committed records stand in for the
+    database it ran on. Returns the study name and the number of trials added."""
+    import json
+
+    from optuna.trial import TrialState, create_trial
+
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    header, trials = lines[0], lines[1:]
+    names = {s.study_name for s in storage.get_all_studies()}
+    if header["study"] in names:
+        study = optuna.load_study(study_name=header["study"], storage=storage)
+    else:
+        study = optuna.create_study(
+            storage=storage, study_name=header["study"], directions=header["directions"]
+        )
+        for key, value in header["user_attrs"].items():
+            study.set_user_attr(key, value)
+    present = {
+        (json.dumps(t.params, sort_keys=True), t.state.name)
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished()
+    }
+    added = 0
+    for record in trials:
+        key = (json.dumps(record["params"], sort_keys=True), record["state"])
+        if key in present:
+            continue
+        state = TrialState[record["state"]]
+        values = record["values"]
+        study.add_trial(
+            create_trial(
+                state=state,
+                params=record["params"],
+                distributions={
+                    k: optuna.distributions.json_to_distribution(d)
+                    for k, d in record["distributions"].items()
+                },
+                # a COMPLETE trial's values; PRUNED and FAIL trials carry none
+                values=[float("nan") if v is None else v for v in values]
+                if values and state == TrialState.COMPLETE
+                else None,
+                intermediate_values={
+                    int(k): v for k, v in record["intermediate_values"].items() if v is not None
+                },
+                user_attrs=record["user_attrs"],
+            )
+        )
+        present.add(key)
+        added += 1
+    return header["study"], added

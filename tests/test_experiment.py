@@ -1,0 +1,90 @@
+"""python -m study.experiment: the whole experiment on digits at the quick budget."""
+
+import csv
+import json
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import cli
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+ARGS = ["--dataset", "digits", "--budget", "quick", "--seeds", "2", "--lr-scaling", "none,linear"]
+ARGS += ["--n-trials", "4", "--replicate-seeds", "2", "--device", "cpu", "--quiet"]
+
+
+def experiment(tmp_path, db: str, *extra: str):
+    return cli("study.experiment", *ARGS, "--storage", f"sqlite:///{tmp_path / db}", "--out", str(tmp_path / "out"), *extra)
+
+
+def counts(url: str) -> dict[str, int]:
+    return {
+        s.study_name: len(optuna.load_study(study_name=s.study_name, storage=url).trials)
+        for s in optuna.get_all_study_summaries(url)
+    }
+
+
+@pytest.mark.slow
+def test_experiment_writes_every_result_and_resumes(tmp_path):
+    first = experiment(tmp_path, "a.db")
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    out = tmp_path / "out"
+    for name in (
+        "report.md",
+        "verdict.json",
+        "grid-runs.csv",
+        "grid-history.csv",
+        "search-trials.csv",
+        "search-history.csv",
+        "replicate-runs.csv",
+        "records/grid.jsonl",
+        "records/search.jsonl",
+        "records/replicate.jsonl",
+    ):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert list((out / "figures").glob("*.png")), "no figure"
+    assert not list(out.rglob("*.db"))  # results never hold a database
+    with open(out / "grid-runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert len(runs) == 2 * (3 + 3 * 2)  # seeds x (accumulation-1 runs + one per arm and micro-batch)
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict  # the numbers of report.md, machine-readable
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    before = counts(url)
+    assert before == {"digits-grid-quick": 18, "digits-overfitting-quick": 4, **{
+        k: v for k, v in before.items() if k.endswith("-replicate")}}  # fmt: skip
+
+    # The same command again: nothing is run twice.
+    again = experiment(tmp_path, "a.db")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "0 of 18 runs to do" in again.stdout and "4 trials already in" in again.stdout
+    assert counts(url) == before
+
+    # On a machine without the database: the committed records stand in for it.
+    fresh = experiment(tmp_path, "b.db")
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert "resumed from" in fresh.stdout and "0 of 18 runs to do" in fresh.stdout
+    after = counts(f"sqlite:///{tmp_path / 'b.db'}")
+    assert after == before
+    grid = optuna.load_study(study_name="digits-grid-quick", storage=f"sqlite:///{tmp_path / 'b.db'}")
+    assert all(t.state == TrialState.COMPLETE and t.user_attrs["history"] for t in grid.trials)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--n-trials", "0"], "--n-trials must be >= 1"),
+        (["--lr-scaling", "none,cubic"], "--lr-scaling takes arms of"),
+        (["--storage", "not a url"], "malformed storage URL"),
+        (["--budget", "huge"], "invalid choice: 'huge'"),
+    ],
+)
+def test_experiment_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    db = tmp_path / "e.db"
+    base = ["--dataset", "digits", "--budget", "quick", "--storage", f"sqlite:///{db}", "--out", str(tmp_path / "o")]
+    proc = cli("study.experiment", *base, *args)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not db.exists() and not (tmp_path / "o").exists()
