@@ -119,7 +119,8 @@ def headline(analyses: list[ArmAnalysis], where: dict[str, Any]) -> str:
     return text + f" (95% CIs over seeds). Verdict: **{none.verdict}**."
 
 
-def arm_markdown(a: ArmAnalysis, figure: Path | None) -> list[str]:
+def arm_markdown(a: ArmAnalysis, figure: str | None) -> list[str]:
+    """The markdown of one arm; ``figure`` is the link to its steps figure, if any."""
     lines = [f"### lr scaling `{a.arm}`, accumulation {a.accumulation_steps} vs 1", ""]
     lines += [f"**Verdict: {a.verdict}.** {a.reason}.", ""]
     header = "| where | " + " | ".join(LABELS[m] for m in METRICS) + " |"
@@ -169,7 +170,7 @@ def arm_markdown(a: ArmAnalysis, figure: Path | None) -> list[str]:
         "",
     ]
     if figure is not None:
-        lines += [f"![accuracy against optimizer steps and epochs, arm {a.arm}](figures/{figure.name})", ""]
+        lines += [f"![accuracy against optimizer steps and epochs, arm {a.arm}]({figure})", ""]
     return lines
 
 
@@ -219,7 +220,8 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
         )
     lines += ["## The verdict per lr-scaling arm", ""]
     for a in analyses:
-        lines += arm_markdown(a, figures[(a.arm, a.accumulation_steps)])
+        figure = figures[(a.arm, a.accumulation_steps)]
+        lines += arm_markdown(a, None if figure is None else f"figures/{figure.name}")
     if tuning:
         lines += ["## Can tuning recover it? The best searched configurations, re-run without pruning", ""]
         lines += ["| accumulation | val acc (mean [95% CI], n) | configuration |", "|---|---|---|"]

@@ -36,7 +36,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from analysis import compare, overfitting
+from analysis import answer, compare, verdict
 from analysis.common import AnalysisError, load_studies
 from search_spaces import Param
 from study.storage import STORAGE_ENV
@@ -599,15 +599,30 @@ def verdict_blocks(study: optuna.Study, grids: list[optuna.Study], out: Path) ->
             )  # fmt: skip
         )
         return blocks
-    studies = [study, *grids] if study.user_attrs.get("kind") != "grid" else grids
-    points = overfitting.collect(studies, top_k=5)
-    if points:
-        for a in overfitting.analyse(points):
-            blocks.append(("h3", overfitting.title(a)))
-            blocks.append(("p", f"Verdict: {a['verdict']}. {a['reason']}."))
-            for caption, header, rows in overfitting.tables(a):
-                if rows:
-                    blocks += [("p", caption + ":"), ("table", header, rows)]
+    # The verdict comes from the grid's designed runs only (analysis.verdict): a search's trials are
+    # selected, not sampled, and pruned at equal epochs.
+    for grid_study in grids:
+        analyses = verdict.analyse(grid_study)
+        runs = verdict.runs_from_study(grid_study)
+        blocks += [("p", line) for line in verdict.recovery(analyses)]
+        for a in analyses:
+            blocks.append(
+                ("h3", f"{grid_study.study_name}: lr scaling {a.arm}, accumulation {a.accumulation_steps} vs 1 "
+                       f"({len(a.seeds)} seed(s))")
+            )  # fmt: skip
+            blocks.append(("p", f"Verdict: {a.verdict}. {a.reason}."))
+            rows = [[f"epoch {r['epoch']}", *(answer.fmt(r[m]) for m in verdict.METRICS)] for r in a.at_epochs]
+            rows += [
+                [f"matched steps (epoch {'/'.join(map(str, r['accumulated_epoch']))} vs "
+                 f"{'/'.join(map(str, r['baseline_epochs']))})", *(answer.fmt(r[m]) for m in verdict.METRICS)]
+                for r in a.at_steps
+            ]  # fmt: skip
+            blocks.append(("p", "Effect of accumulation (N minus 1), paired by seed, mean [95% CI], n = seeds:"))
+            blocks.append(("table", ["where", "train acc", "val acc", "gap"], rows))
+            png = out / "figures" / f"steps-{grid_study.study_name}-{a.arm}-x{a.accumulation_steps}.png"
+            if verdict.plot_steps(runs, arm=a.arm, n=a.accumulation_steps, path=png):
+                caption = f"Accuracy against optimizer steps and epochs, lr scaling {a.arm}"
+                blocks.append(("figure", Figure(png.stem, caption, png.read_bytes())))
     if study.user_attrs.get("kind") == "grid":
         return blocks
     search = compare.summarize(study)

@@ -1,4 +1,10 @@
-"""Small statistics: means with t-based 95% confidence intervals, and a within-condition slope."""
+"""Small statistics: means with Student-t 95% confidence intervals.
+
+The unit of replication is the run (its seed): callers pass one value per run (for a paired
+effect, one difference per seed), so n is the number of independent runs, never the number of
+epoch points of a run (see analysis.verdict and tests/analysis/test_verdict.py, which shows what
+pooling epoch points would wrongly declare).
+"""
 
 from __future__ import annotations
 
@@ -37,54 +43,13 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> MeanCI:
     return MeanCI(mean, mean - half, mean + half, n)
 
 
-@dataclass(frozen=True)
-class Slope:
-    """Change of y per unit of x, within conditions, with its confidence interval."""
-
-    estimate: float
-    low: float
-    high: float
-    n: int
-    dof: int
-    p_value: float
-
-    def significant(self, min_effect: float = 0.0) -> int:
-        """+1 / -1 when the interval excludes zero and |estimate| >= min_effect, else 0."""
-        if math.isnan(self.low) or abs(self.estimate) < min_effect:
-            return 0
-        return 1 if self.low > 0 else -1 if self.high < 0 else 0
-
-
-def within_condition_slope(
-    points: Sequence[tuple[Hashable, float, float]], confidence: float = CONFIDENCE
-) -> Slope:
-    """OLS slope of y on x with a fixed effect per condition (x and y centred within conditions).
-
-    Each condition (say: batch size and epoch point) gets its own intercept, so the slope measures
-    only how y moves with x inside a condition, never differences between conditions.
-
-    Args:
-        points: (condition, x, y) triples.
-    """
-    groups: dict[Hashable, list[tuple[float, float]]] = defaultdict(list)
-    for condition, x, y in points:
-        groups[condition].append((x, y))
-    centred = []
-    for members in groups.values():
-        mx = sum(x for x, _ in members) / len(members)
-        my = sum(y for _, y in members) / len(members)
-        centred += [(x - mx, y - my) for x, y in members]
-    n = len(centred)
-    sxx = sum(x * x for x, _ in centred)
-    dof = n - len(groups) - 1
-    if sxx == 0 or dof < 1:
-        return Slope(math.nan, math.nan, math.nan, n, max(dof, 0), math.nan)
-    slope = sum(x * y for x, y in centred) / sxx
-    rss = sum((y - slope * x) ** 2 for x, y in centred)
-    se = math.sqrt(rss / dof / sxx)
-    if se == 0:
-        p = 0.0 if slope != 0 else 1.0
-        return Slope(slope, slope, slope, n, dof, p)
-    t_crit = stats.t.ppf(0.5 + confidence / 2, dof)
-    p = 2 * stats.t.sf(abs(slope / se), dof)
-    return Slope(slope, slope - t_crit * se, slope + t_crit * se, n, dof, float(p))
+def run_level_mean_ci(
+    values: dict[tuple[Hashable, Hashable], float], confidence: float = CONFIDENCE
+) -> MeanCI:
+    """Mean and CI with the run as the unit: ``values`` maps (condition, run) to a value (say, the
+    paired difference of a micro-batch in a seed); each run's values are averaged first, so n is
+    the number of runs however many conditions each has."""
+    by_run: dict[Hashable, list[float]] = defaultdict(list)
+    for (_, run), value in values.items():
+        by_run[run].append(value)
+    return mean_ci([sum(v) / len(v) for v in by_run.values()], confidence)

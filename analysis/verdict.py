@@ -31,7 +31,6 @@ does not.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from analysis.stats import MeanCI, mean_ci
+from analysis.stats import MeanCI, mean_ci, run_level_mean_ci
 
 METRICS = ("train_accuracy", "val_accuracy", "generalization_gap")
 OVERFITTING, UNDER_TRAINING, NO_DIFFERENCE, INCONCLUSIVE = (
@@ -134,14 +133,6 @@ def _pairs(runs: list[Run], arm: str, n: int) -> dict[tuple[int, int], tuple[Run
     return {key: (base[key], acc[key]) for key in sorted(base.keys() & acc.keys())}
 
 
-def _pooled(diffs: dict[tuple[int, int], float]) -> MeanCI:
-    """Mean and CI over seeds of the per-seed mean (over micro-batches) of paired differences."""
-    by_seed: dict[int, list[float]] = defaultdict(list)
-    for (_, seed), d in diffs.items():
-        by_seed[seed].append(d)
-    return mean_ci([sum(v) / len(v) for _, v in sorted(by_seed.items())])
-
-
 def _effects(pairs: dict, pick) -> dict[str, Any]:
     """Pooled and per-micro-batch paired effects; ``pick(base, acc, metric)`` -> (b, a) or None."""
     out: dict[str, Any] = {}
@@ -152,7 +143,7 @@ def _effects(pairs: dict, pick) -> dict[str, Any]:
             values = pick(base, acc, metric)
             if values is not None:
                 diffs[key] = values[1] - values[0]
-        out[metric] = ci_dict(_pooled(diffs))
+        out[metric] = ci_dict(run_level_mean_ci(diffs))
         out[f"{metric}_by_batch"] = {
             str(b): ci_dict(mean_ci([d for (bb, _), d in sorted(diffs.items()) if bb == b])) for b in batches
         }
@@ -227,7 +218,9 @@ def analyse_arm(
     ]
 
     time = {
-        name: ci_dict(_pooled({key: _cost(a, per) / _cost(b, per) for key, (b, a) in pairs.items()}))
+        name: ci_dict(
+            run_level_mean_ci({key: _cost(a, per) / _cost(b, per) for key, (b, a) in pairs.items()})
+        )
         for name, per in (("seconds_per_epoch", "epoch"), ("seconds_per_step", "step"))
     }
 
