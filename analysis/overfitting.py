@@ -38,6 +38,7 @@ from analysis.verdict import (
     recovery,
     runs_from_study,
 )
+from study.cli import render_table as columns
 from study.jsonsafe import finite_or_none
 
 FORMATS = ("table", "markdown", "json", "csv")
@@ -91,9 +92,7 @@ def render_table(results: list[tuple[optuna.Study, list[ArmAnalysis]]]) -> str:
                 for r in a.at_steps
             ]  # fmt: skip
             header = ["effect (N - 1)", "train acc", "val acc", "gap"]
-            widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-            lines.append("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-            lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+            lines.append(columns(header, rows, indent="  ").rstrip("\n"))
             lines.append(
                 f"  time N / 1: per epoch {ratio(a.time['seconds_per_epoch'])}, per step {ratio(a.time['seconds_per_step'])}"
             )

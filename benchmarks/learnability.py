@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from study.cli import render_table
 from study.config import TrainConfig
 from study.data import epoch_batches, load_raw, make_splits, normalize
 from study.model import PRESETS, Geometry, SwinPreset
@@ -184,15 +185,7 @@ def render(rows: list[Row], thresholds: tuple[float, ...], *, markdown: bool) ->
         body.append(
             [r.name, f"{r.parameters / 1e6:.2f}M", per_epoch, f"{r.val_accuracy[-1]:.3f}", ips, *reach]
         )
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body]) + "\n"
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    return (
-        "\n".join(lines + ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body])
-        + "\n"
-    )
+    return render_table(header, body, markdown=markdown)
 
 
 def main(argv: list[str] | None = None) -> None:

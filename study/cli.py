@@ -73,3 +73,20 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def render_table(
+    header: list[str], rows: list[list[str]], *, markdown: bool = False, indent: str = ""
+) -> str:
+    """Rows of strings as a markdown table, or as left-aligned columns for a terminal."""
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = [header, *rows]
+    return (
+        "\n".join(
+            indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
+        )
+        + "\n"
+    )

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from analysis.common import AnalysisError, load_studies
 from search_spaces import SearchSpace
+from study.cli import render_table
 from study.config import TrainConfig
 from study.data import DataError
 from study.jsonsafe import finite_or_none
@@ -125,15 +126,7 @@ def render(rows: list[dict[str, Any]], fmt: str, study_name: str) -> str:
          ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["params"].items())]
         for r in rows
     ]  # fmt: skip
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in table]) + "\n"
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    return (
-        "\n".join(lines + ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table])
-        + "\n"
-    )
+    return render_table(header, table, markdown=fmt == "markdown")
 
 
 def main(argv: list[str] | None = None) -> int:
