@@ -384,7 +384,7 @@ def test_bad_input_across_the_clis_exits_2_with_one_line_and_leaves_storage_alon
         ("study.replicate", ["--study", "keep", "--storage", f"sqlite:///{tmp_path / 'none.db'}"], {}, "no database at"),
         ("study.dashboard", ["--storage", url, "--port", "70000"], {}, "--port must be in 1..65535; got 70000"),
         ("study.dashboard", [], {"STUDY_STORAGE": unreachable}, "cannot open storage postgresql+psycopg://study:***@127.0.0.1:1/studies"),
-        ("analysis.overfitting", ["--study", "keep", "--top-k", "0", "--storage", url], {}, "--top-k must be >= 1; got 0"),
+        ("analysis.overfitting", ["--study", "keep", "--storage", url], {}, "study 'keep' is not a grid study"),
         ("analysis.compare", ["--grid", "keep", "--search", "keep", "--format", "xml", "--storage", url], {}, "argument --format: invalid choice: 'xml'"),
         ("analysis.compare", ["--grid", "keep", "--search", "keep"], {"STUDY_STORAGE": "nosuchdb://x/y"}, "unusable storage URL 'nosuchdb://x/y'"),
         ("study.train", ["--epochs", "0"], {}, "epochs must be an integer >= 1; got 0"),
