@@ -67,6 +67,13 @@ def build_parser() -> ArgumentParser:
         default=3,
         help="fresh seeds for each replicated configuration (default: 3)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes for the grid and the search, each with cores/N threads (default: 1); "
+        "on 2 CPU cores, 2 workers finish the grid about twice as fast",
+    )
     parser.add_argument("--out", help="results folder (default: results/DATASET-BUDGET)")
     parser.add_argument(
         "--storage", help=f"SQLAlchemy URL (default: ${STORAGE_ENV} or sqlite:///storage/studies.db)"
@@ -126,7 +133,7 @@ def step(title: str, module: str, args: list[str], env: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("seeds", "n_trials", "replicate_seeds"):
+    for name in ("seeds", "n_trials", "replicate_seeds", "workers"):
         if getattr(args, name) < 1:
             fail(PROG, f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     if args.n_gao < 2:
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "1/4 the grid",
         "study.grid",
         [*common, "--seeds", str(args.seeds), "--n-gao", str(args.n_gao), "--lr-scaling", ",".join(arms),
-         "--study-name", names["grid"]],
+         "--study-name", names["grid"], "--workers", str(args.workers)],
         env,
     )  # fmt: skip
     remaining = args.n_trials - settled_trials(url, names["search"])
@@ -160,14 +167,26 @@ def main(argv: list[str] | None = None) -> int:
         step(
             f"2/4 the search ({remaining} of {args.n_trials} trials to run)",
             "study.run",
-            [*common, "--space", SPACE, "--n-trials", str(remaining), "--study-name", names["search"]],
+            [
+                *common,
+                "--space",
+                SPACE,
+                "--n-trials",
+                str(remaining),
+                "--study-name",
+                names["search"],
+                "--workers",
+                str(args.workers),
+            ],
             env,
         )
     else:
         print(f"\n== 2/4 the search: {args.n_trials} trials already in {names['search']}", flush=True)
     values = [v for v in (1, args.n_gao) if v in searched_values(url, names["search"], "accumulation_steps")]
     if args.n_gao not in values:
-        print(f"note: no search trial has accumulation_steps = {args.n_gao}; only accumulation 1 is replicated")
+        print(
+            f"note: no search trial has accumulation_steps = {args.n_gao}; only accumulation 1 is replicated"
+        )
     step(
         "3/4 the replication of the best configuration for accumulation 1 and N, without pruning",
         "study.replicate",

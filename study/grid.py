@@ -21,6 +21,9 @@ the validation accuracy at the last point.
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +35,19 @@ from study.cli import ArgumentParser, fail
 from study.config import DATASET_SIZES, LR_SCALING_EXPONENTS, TrainConfig
 from study.data import DataError
 from study.objective import Objective
-from study.run import check_common, missing_runs, open_study, resolve_budget, run_enqueued, summary
+from study.run import (
+    check_common,
+    enqueue_runs,
+    missing_runs,
+    open_study,
+    optimize,
+    progress_bar,
+    resolve_budget,
+    shares,
+    summary,
+)
 from study.storage import STORAGE_ENV, StorageError, mask, resolve_url
-from study.workers import run_main
+from study.workers import run_main, supervise
 
 PROG = "study.grid"
 BATCH_SIZES = (32, 64, 128)
@@ -167,10 +180,49 @@ def build_parser() -> ArgumentParser:
         )
         + ". Default: standard with CUDA, quick without",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on this machine sharing the runs to do, each with cores/N threads "
+        "(default: 1); a killed worker is replaced",
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Internal: set on the worker processes that --workers starts (index, runs to take from the queue).
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-runs", type=int, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _run_workers(args: argparse.Namespace, study: optuna.Study, url: str, n_runs: int) -> int:
+    """Start ``args.workers`` processes that take the queued runs of ``study`` between them
+    (exact shares, so none samples a point off the grid), replace any that a signal kills."""
+    env = {**os.environ, STORAGE_ENV: url}  # the URL (and any password) stays off the command line
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
+
+    def command(index: int, share: int) -> list[str]:
+        return [
+            sys.executable, "-m", "study.grid",
+            "--dataset", args.dataset, "--n-gao", str(args.n_gao), "--seeds", str(args.seeds),
+            "--base-lr", repr(args.base_lr), "--lr-scaling", args.lr_scaling, "--study-name", study.study_name,
+            "--budget", args.budget, "--device", args.device, "--data-dir", args.data_dir,
+            "--worker-index", str(index), "--worker-runs", str(share), "--quiet",
+        ]  # fmt: skip
+
+    bar = progress_bar(n_runs, quiet=args.quiet)
+    try:
+        return supervise(
+            study,
+            shares(n_runs, args.workers),
+            command,
+            env,
+            prog=PROG,
+            progress=lambda done: bar.update(done - bar.n),
+        )
+    finally:
+        bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROG, f"--n-gao must be >= 2 (the grid compares it with no accumulation); got {args.n_gao}")
     if args.seeds < 1:
         fail(PROG, f"--seeds must be >= 1; got {args.seeds}")
+    if args.workers < 1:
+        fail(PROG, f"--workers must be >= 1; got {args.workers}")
     if not args.base_lr > 0:
         fail(PROG, f"--base-lr must be > 0; got {args.base_lr:g}")
     arms = tuple(dict.fromkeys(a.strip() for a in args.lr_scaling.split(",") if a.strip()))
@@ -222,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
         sampler=optuna.samplers.GridSampler(grid, seed=0),
         pruner=optuna.pruners.NopPruner(),
     )
+    if args.worker_runs is not None:  # a worker of --workers: the parent has queued the runs
+        optimize(
+            study, objective, n_trials=args.worker_runs, quiet=True, prefix=f"[worker {args.worker_index}] "
+        )
+        return 0
     if not exists:
         study.set_user_attr("epoch_points", list(points))
     # A resumed grid runs only what is missing (more --seeds or arms grow it).
@@ -237,17 +296,22 @@ def main(argv: list[str] | None = None) -> int:
         + f" ({GRID_BUDGETS[args.budget].note})"
         + f", model {cfg.model}, {cfg.num_train} training images, Adam lr {args.base_lr:g}\n"
         f"lr-scaling arms {', '.join(arms)} (accumulation-1 runs shared by all arms)\n"
-        f"{len(todo)} of {len(runs)} runs to do",
+        f"{len(todo)} of {len(runs)} runs to do" + (f", {args.workers} workers" if args.workers > 1 else ""),
         flush=True,
     )
-    run_enqueued(study, objective, todo, quiet=args.quiet)
+    enqueue_runs(study, todo)
+    code = 0
+    if todo and args.workers > 1:
+        code = _run_workers(args, study, url, len(todo))
+    elif todo:
+        optimize(study, objective, n_trials=len(todo), quiet=args.quiet)
     print(summary(study, url))
     print(
         f"verdict: python -m analysis.overfitting --study {study_name}"
         + ("" if args.storage is None else f" --storage '{mask(url)}'")
     )
-    return 0
+    return code
 
 
 if __name__ == "__main__":
-    run_main(PROG, main)
+    run_main(PROG, main, quiet="--worker-index" in sys.argv)  # workers leave the Ctrl-C line to their parent

@@ -212,7 +212,7 @@ def progress_bar(total: int, *, quiet: bool) -> tqdm:
     )
 
 
-def _shares(total: int, workers: int) -> list[int]:
+def shares(total: int, workers: int) -> list[int]:
     """Split ``total`` trials over workers as evenly as possible (exact total, no overshoot)."""
     return [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
 
@@ -242,7 +242,7 @@ def _run_workers(args: argparse.Namespace, space: SearchSpace, url: str, study: 
     try:
         return supervise(
             study,
-            _shares(args.n_trials, args.workers),
+            shares(args.n_trials, args.workers),
             command,
             env,
             prog=PROG,
@@ -362,6 +362,18 @@ def missing_runs(study: optuna.Study, wanted: list[dict[str, Any]]) -> list[dict
     return [params for params in wanted if not any(_matches(params, p) for p in done)]
 
 
+def enqueue_runs(study: optuna.Study, runs: list[dict[str, Any]]) -> None:
+    """Enqueue each run's parameters, unless a copy of it (a retry) is already queued, so that
+    exactly ``len(runs)`` queued trials stand for ``runs``."""
+    queued = [
+        t.system_attrs.get("fixed_params", {})
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    ]
+    for params in runs:
+        if not any(_matches(params, q) for q in queued):
+            study.enqueue_trial(params)
+
+
 def run_enqueued(
     study: optuna.Study,
     objective: Objective,
@@ -370,15 +382,8 @@ def run_enqueued(
     quiet: bool,
     stream: TextIO = sys.stdout,
 ) -> None:
-    """Enqueue each run's parameters (unless a retry of it is already queued) and optimize exactly
-    that many trials."""
-    queued = [
-        t.system_attrs.get("fixed_params", {})
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    ]
-    for params in runs:
-        if not any(_matches(params, q) for q in queued):
-            study.enqueue_trial(params)
+    """Enqueue ``runs`` (``enqueue_runs``) and optimize exactly that many trials."""
+    enqueue_runs(study, runs)
     if runs:
         optimize(study, objective, n_trials=len(runs), quiet=quiet, stream=stream)
 

@@ -76,6 +76,7 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
     [
         (["--seeds", "0"], "--seeds must be >= 1"),
         (["--n-trials", "0"], "--n-trials must be >= 1"),
+        (["--workers", "0"], "--workers must be >= 1"),
         (["--lr-scaling", "none,cubic"], "--lr-scaling takes arms of"),
         (["--storage", "not a url"], "malformed storage URL"),
         (["--budget", "huge"], "invalid choice: 'huge'"),

@@ -91,6 +91,7 @@ def test_quick_grid_on_digits_has_six_runs_with_three_epoch_points(tmp_path):
     [
         (["--n-gao", "1"], "--n-gao must be >= 2"),
         (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--workers", "0"], "--workers must be >= 1"),
         (["--storage", "not a url"], "malformed storage URL"),
         (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
         (["--n-gao", "64"], "the grid cannot run on digits: effective batch 2048"),
@@ -105,3 +106,28 @@ def test_grid_bad_input(tmp_path, args, message):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert not db.exists()
+
+
+@pytest.mark.slow
+def test_grid_workers_share_the_runs_each_run_once(tmp_path):
+    """--workers 2: two processes take the queued runs between them; every run of the grid is run
+    exactly once and no trial is sampled off the grid."""
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    args = ("--dataset", "digits", "--budget", "quick", "--lr-scaling", "none,linear", "--storage", url)
+    proc = run_grid(*args, "--workers", "2", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "9 of 9 runs to do, 2 workers" in proc.stdout
+    trials = optuna.load_study(study_name="digits-grid-quick", storage=url).get_trials()
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    design = sorted(
+        (t.params["batch_size"], t.params["accumulation_steps"], t.params["lr_scaling"]) for t in trials
+    )
+    expected = sorted(
+        [(b, 1, "none") for b in (32, 64, 128)]
+        + [(b, 4, arm) for b in (32, 64, 128) for arm in ("none", "linear")]
+    )
+    assert design == expected
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    again = run_grid(*args, "--workers", "2", "--quiet")
+    assert again.returncode == 0 and "0 of 9 runs to do" in again.stdout
+    assert len(optuna.load_study(study_name="digits-grid-quick", storage=url).trials) == 9
