@@ -1,9 +1,20 @@
-"""The answer of an experiment: ``verdict.json``, ``report.md`` and its figures.
+"""The committed outcome of an experiment: ``results/DATASET-BUDGET/``, written by ``write_results``.
 
-Drawn from the designed runs only: the grid (every seed, every lr-scaling arm) for the verdict,
-the unpruned replicates of the best searched configurations for the tuning question. The search's
-own trials are selected, not sampled, and Hyperband prunes accumulated trials at equal epochs, so
-they feed no claim here.
+``write_results`` reads the studies of one experiment (grid, search, replicate) and writes:
+
+* ``report.md``: the answer (the verdict per lr-scaling arm with its numbers, at matched epochs and
+  at exactly matched optimizer steps; training time with and without accumulation; whether tuning
+  recovers the accuracy lost with accumulation), with ``figures/*.png``;
+* ``verdict.json``: the same numbers, machine-readable;
+* ``grid-runs.csv``, ``grid-history.csv``, ``search-trials.csv``, ``search-history.csv``,
+  ``replicate-runs.csv``: the trials and their per-epoch histories (``analysis.export``);
+* ``records/*.jsonl``: every settled trial whole, from which ``study.experiment`` resumes on a
+  machine without the database.
+
+The answer is drawn from the designed runs only: the grid (every seed, every lr-scaling arm) for
+the verdict, the unpruned replicates of the best searched configurations for the tuning question.
+The search's own trials are selected, not sampled, and Hyperband prunes accumulated trials at equal
+epochs, so they feed no claim here. The storage is only read.
 """
 
 from __future__ import annotations
@@ -18,9 +29,16 @@ import optuna
 from optuna.trial import TrialState
 from scipy import stats
 
+from analysis.document import write_png
+from analysis.export import history_rows, run_rows, write_csv, write_records
+from analysis.figures import steps_figure
 from analysis.stats import mean_ci
-from analysis.verdict import METRICS, ArmAnalysis, analyse, ci_dict, plot_steps, recovery, runs_from_study
+from analysis.verdict import METRICS, ArmAnalysis, analyse, ci_dict, recovery, runs_from_study
+from study import records
+from study.cli import render_table
 from study.jsonsafe import finite_or_none
+from study.session import StudyError, load_studies
+from study.storage import open_storage, study_exists
 
 LABELS = {"train_accuracy": "train acc", "val_accuracy": "val acc", "generalization_gap": "gap"}
 
@@ -62,9 +80,9 @@ def tuned(replicate: optuna.Study | None) -> dict[str, Any] | None:
     by_value: dict[int, list[float]] = defaultdict(list)
     configs: dict[int, dict[str, Any]] = {}
     for t in replicate.get_trials(deepcopy=False):
-        cfg = t.user_attrs.get("config")
-        if t.state == TrialState.COMPLETE and cfg and t.user_attrs.get("val_accuracy") is not None:
-            by_value[cfg["accumulation_steps"]].append(t.user_attrs["val_accuracy"])
+        cfg, val = records.config(t), records.metric(t, "val_accuracy")
+        if t.state == TrialState.COMPLETE and cfg and val is not None:
+            by_value[cfg["accumulation_steps"]].append(val)
             configs[cfg["accumulation_steps"]] = {
                 k: cfg[k] for k in ("lr_scaling", "base_lr", "lr", "weight_decay", "dropout", "drop_path")
             }
@@ -82,14 +100,14 @@ def tuned(replicate: optuna.Study | None) -> dict[str, Any] | None:
 
 def scale(grid: optuna.Study) -> dict[str, Any]:
     """What the grid measured at: preset, data, epoch points, seeds."""
-    configs = [t.user_attrs["config"] for t in grid.get_trials(deepcopy=False) if t.user_attrs.get("config")]
+    configs = [cfg for t in grid.get_trials(deepcopy=False) if (cfg := records.config(t))]
     first = configs[0] if configs else {}
     return {
-        "dataset": grid.user_attrs.get("dataset"),
-        "budget": grid.user_attrs.get("budget"),
+        "dataset": grid.user_attrs.get(records.DATASET),
+        "budget": grid.user_attrs.get(records.BUDGET),
         "model": first.get("model"),
         "train_subset": first.get("train_subset"),
-        "epoch_points": grid.user_attrs.get("epoch_points"),
+        "epoch_points": grid.user_attrs.get(records.EPOCH_POINTS),
         "micro_batches": sorted({c["batch_size"] for c in configs}),
         "accumulation": sorted({c["accumulation_steps"] for c in configs}),
         "seeds": sorted({c["seed"] for c in configs}),
@@ -119,35 +137,34 @@ def headline(analyses: list[ArmAnalysis], where: dict[str, Any]) -> str:
     return text + f" (95% CIs over seeds). Verdict: **{none.verdict}**."
 
 
+def effect_rows(a: ArmAnalysis) -> list[list[str]]:
+    """One row per epoch point and per exactly matched step count: where, then the effect of
+    accumulation on each of METRICS (mean [95% CI])."""
+    rows = [[f"epoch {row['epoch']}", *(fmt(row[m]) for m in METRICS)] for row in a.at_epochs]
+    rows += [
+        [f"matched steps (accumulated epoch {'/'.join(map(str, row['accumulated_epoch']))} = baseline epoch "
+         f"{'/'.join(map(str, row['baseline_epochs']))})", *(fmt(row[m]) for m in METRICS)]
+        for row in a.at_steps
+    ]  # fmt: skip
+    return rows
+
+
 def arm_markdown(a: ArmAnalysis, figure: str | None) -> list[str]:
     """The markdown of one arm; ``figure`` is the link to its steps figure, if any."""
     lines = [f"### lr scaling `{a.arm}`, accumulation {a.accumulation_steps} vs 1", ""]
     lines += [f"**Verdict: {a.verdict}.** {a.reason}.", ""]
-    header = "| where | " + " | ".join(LABELS[m] for m in METRICS) + " |"
-    lines += ["Effect of accumulation (N minus 1), paired by seed, mean [95% CI], n = seeds:", "", header]
-    lines.append("|---|" + "---|" * len(METRICS))
-    for row in a.at_epochs:
-        lines.append(f"| epoch {row['epoch']} | " + " | ".join(fmt(row[m]) for m in METRICS) + " |")
-    for row in a.at_steps:
-        where = (
-            f"matched steps (accumulated epoch {'/'.join(map(str, row['accumulated_epoch']))} = baseline epoch "
-            f"{'/'.join(map(str, row['baseline_epochs']))})"
-        )
-        lines.append(f"| {where} | " + " | ".join(fmt(row[m]) for m in METRICS) + " |")
-    lines.append("")
+    header = ["where", *(LABELS[m] for m in METRICS)]
+    rows = effect_rows(a)
+    lines += ["Effect of accumulation (N minus 1), paired by seed, mean [95% CI], n = seeds:", ""]
+    lines += [render_table(header, rows, markdown=True)]
     if a.at_epochs:
         last = a.at_epochs[-1]
-        lines += [
-            f"Per micro-batch at epoch {last['epoch']}:",
-            "",
-            "| micro-batch | " + " | ".join(LABELS[m] for m in METRICS) + " |",
+        lines += [f"Per micro-batch at epoch {last['epoch']}:", ""]
+        per_batch = [
+            [batch, *(fmt(last[f"{m}_by_batch"][batch]) for m in METRICS)]
+            for batch in map(str, a.batch_sizes)
         ]
-        lines.append("|---|" + "---|" * len(METRICS))
-        for batch in map(str, a.batch_sizes):
-            lines.append(
-                f"| {batch} | " + " | ".join(fmt(last[f"{m}_by_batch"][batch]) for m in METRICS) + " |"
-            )
-        lines.append("")
+        lines += [render_table(["micro-batch", *(LABELS[m] for m in METRICS)], per_batch, markdown=True)]
     if a.unmatched:
         lines += [
             "Epoch points with no exactly step-matched baseline epoch (not compared at matched steps): "
@@ -182,11 +199,11 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     where = scale(grid)
     figures = {}
     for a in analyses:
-        figures[(a.arm, a.accumulation_steps)] = plot_steps(
-            runs,
-            arm=a.arm,
-            n=a.accumulation_steps,
-            path=out / "figures" / f"steps-{a.arm}-x{a.accumulation_steps}.png",
+        figure = steps_figure(
+            runs, arm=a.arm, n=a.accumulation_steps, name=f"steps-{a.arm}-x{a.accumulation_steps}"
+        )
+        figures[(a.arm, a.accumulation_steps)] = (
+            None if figure is None else write_png(figure, out / "figures")
         )
     recovered = recovery(analyses)
     tuning = tuned(studies.get("replicate"))
@@ -224,15 +241,15 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
         lines += arm_markdown(a, None if figure is None else f"figures/{figure.name}")
     if tuning:
         lines += ["## Can tuning recover it? The best searched configurations, re-run without pruning", ""]
-        lines += ["| accumulation | val acc (mean [95% CI], n) | configuration |", "|---|---|---|"]
+        rows = []
         for value, ci in tuning["val_accuracy"].items():
             cfg = ", ".join(
                 f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in tuning["configs"][value].items()
             )
-            lines.append(
-                f"| {value} | {ci['mean']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}], n={ci['n']} | {cfg} |"
-            )
+            rows.append([value, f"{ci['mean']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}], n={ci['n']}", cfg])
+        header = ["accumulation", "val acc (mean [95% CI], n)", "configuration"]
+        lines.append(render_table(header, rows, markdown=True).rstrip("\n"))
         for value, diff in tuning.get("difference", {}).items():
             lines.append("")
             lines.append(
@@ -242,3 +259,44 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     (out / "report.md").write_text("\n".join(lines))
     written.append(out / "report.md")
     return written + [p for p in figures.values() if p is not None]
+
+
+# --- the results folder ----------------------------------------------------------------------------
+def existing(url: str, names: dict[str, str]) -> dict[str, optuna.Study]:
+    """The studies of ``names`` (role -> name) that exist in the storage."""
+    storage = open_storage(url, create=False)
+    present = {role: name for role, name in names.items() if study_exists(storage, name)}
+    studies = load_studies(list(present.values()), url) if present else []
+    return dict(zip(present, studies, strict=True))
+
+
+def write_tables(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
+    """Records and CSV tables of every study present."""
+    written = []
+    for role, study in studies.items():
+        written.append(write_records(study, out / "records" / f"{role}.jsonl"))
+        written.append(
+            write_csv(run_rows(study), out / f"{role}-{'trials' if role == 'search' else 'runs'}.csv")
+        )
+        if role != "replicate":
+            written.append(write_csv(history_rows(study), out / f"{role}-history.csv"))
+    return written
+
+
+def write_results(url: str, names: dict[str, str], out: Path) -> list[Path]:
+    """Write everything of the module docstring under ``out``; returns the paths written.
+
+    ``names`` maps roles (``grid``, ``search``, ``replicate``) to study names, as
+    ``study.session.experiment_study_names`` gives them; the studies absent are skipped, except the
+    grid.
+
+    Raises:
+        StudyError: the storage is unusable, or holds no grid study ``names["grid"]``.
+    """
+    studies = existing(url, names)
+    if "grid" not in studies:
+        raise StudyError(f"no grid study {names['grid']!r} in the storage: run study.experiment first")
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_tables(studies, out)
+    written += write_answer(studies, out)  # the verdict, the figures and report.md
+    return written

@@ -18,6 +18,8 @@ from typing import Any
 
 import optuna
 
+from study import records
+
 CONFIG_COLUMNS = (
     "dataset",
     "model",
@@ -35,8 +37,8 @@ CONFIG_COLUMNS = (
     "drop_path",
     "seed",
 )
-FINAL_COLUMNS = (
-    "status",
+FINAL_COLUMNS = (  # the run's status, its final metrics, why it failed
+    records.STATUS,
     "train_accuracy",
     "val_accuracy",
     "test_accuracy",
@@ -45,7 +47,7 @@ FINAL_COLUMNS = (
     "train_seconds",
     "wall_seconds",
     "epochs_trained",
-    "fail_reason",
+    records.FAIL_REASON,
 )
 HISTORY_COLUMNS = (
     "optimizer_steps",
@@ -59,17 +61,23 @@ HISTORY_COLUMNS = (
 )
 
 
+def _final(t: optuna.trial.FrozenTrial, name: str) -> Any:
+    if name in (records.STATUS, records.FAIL_REASON):  # how the run ended, not a metric
+        return t.user_attrs.get(name)
+    return records.metric(t, name)
+
+
 def run_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial of ``study``."""
     params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
     rows = []
     for t in study.get_trials(deepcopy=False):
-        config = t.user_attrs.get("config", {})
+        config = records.config(t) or {}
         row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower()}
         row |= {f"param_{name}": t.params.get(name) for name in params}
         row["value"] = t.values[0] if t.values else None
         row |= {name: config.get(name) for name in CONFIG_COLUMNS}
-        row |= {name: t.user_attrs.get(name) for name in FINAL_COLUMNS}
+        row |= {name: _final(t, name) for name in FINAL_COLUMNS}
         rows.append(row)
     return rows
 
@@ -78,8 +86,8 @@ def history_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per (trial, epoch) of every trial that recorded a history."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        history = t.user_attrs.get("history") or {}
-        config = t.user_attrs.get("config", {})
+        history = records.history(t) or {}
+        config = records.config(t) or {}
         epochs = len(history.get("optimizer_steps", []))
         for i in range(epochs):
             row: dict[str, Any] = {"trial": t.number}
@@ -109,7 +117,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
     from study.jsonsafe import finite_or_none
     from study.workers import settled
 
-    records: list[dict[str, Any]] = [
+    out: list[dict[str, Any]] = [
         {
             "study": study.study_name,
             "directions": [d.name.lower() for d in study.directions],
@@ -119,7 +127,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False):
         if not settled(t):
             continue
-        records.append(
+        out.append(
             finite_or_none(
                 {
                     "number": t.number,
@@ -136,7 +144,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
                 }
             )
         )
-    return records
+    return out
 
 
 def write_records(study: optuna.Study, path: Path) -> Path:

@@ -24,7 +24,9 @@ from typing import Any
 
 import optuna
 
-from analysis.common import AnalysisError, load_studies
+from analysis.answer import arm_markdown, effect_rows, ratio
+from analysis.document import write_png
+from analysis.figures import steps_figure
 from analysis.verdict import (
     DEFAULT_MIN_EFFECT,
     INCONCLUSIVE,
@@ -34,12 +36,14 @@ from analysis.verdict import (
     UNDER_TRAINING,
     ArmAnalysis,
     analyse,
-    plot_steps,
     recovery,
     runs_from_study,
 )
+from study import records
+from study.cli import ArgumentParser, add_storage_flag, fail
 from study.cli import render_table as columns
 from study.jsonsafe import finite_or_none
+from study.session import StudyError, load_studies
 
 FORMATS = ("table", "markdown", "json", "csv")
 __all__ = ["INCONCLUSIVE", "NO_DIFFERENCE", "OVERFITTING", "UNDER_TRAINING", "analyse_studies"]
@@ -48,12 +52,12 @@ __all__ = ["INCONCLUSIVE", "NO_DIFFERENCE", "OVERFITTING", "UNDER_TRAINING", "an
 def analyse_studies(
     studies: list[optuna.Study], *, min_effect: float = DEFAULT_MIN_EFFECT
 ) -> list[tuple[optuna.Study, list[ArmAnalysis]]]:
-    """The verdict of each grid study; AnalysisError for a study that is not a grid."""
+    """The verdict of each grid study; StudyError for a study that is not a grid."""
     out = []
     for study in studies:
-        if study.user_attrs.get("kind") != "grid":
-            raise AnalysisError(
-                f"study {study.study_name!r} is not a grid study (kind {study.user_attrs.get('kind', 'unknown')}): "
+        if records.kind(study) != records.GRID:
+            raise StudyError(
+                f"study {study.study_name!r} is not a grid study (kind {records.kind(study) or 'unknown'}): "
                 "the verdict is drawn from designed runs only; replicate a search's best configurations "
                 "with study.replicate --best-per accumulation_steps instead"
             )
@@ -62,8 +66,6 @@ def analyse_studies(
 
 
 def render_markdown(results: list[tuple[optuna.Study, list[ArmAnalysis]]], figures: dict[Any, Path]) -> str:
-    from analysis.answer import arm_markdown
-
     lines = []
     for study, analyses in results:
         lines += [f"## {study.study_name}", ""]
@@ -76,8 +78,6 @@ def render_markdown(results: list[tuple[optuna.Study, list[ArmAnalysis]]], figur
 
 
 def render_table(results: list[tuple[optuna.Study, list[ArmAnalysis]]]) -> str:
-    from analysis.answer import fmt, ratio
-
     lines = []
     for study, analyses in results:
         for a in analyses:
@@ -85,12 +85,7 @@ def render_table(results: list[tuple[optuna.Study, list[ArmAnalysis]]]) -> str:
                 f"{study.study_name}: {a.dataset}, lr scaling {a.arm}, accumulation {a.accumulation_steps} vs 1, "
                 f"seeds {', '.join(map(str, a.seeds))}"
             )
-            rows = [[f"epoch {r['epoch']}", *(fmt(r[m]) for m in METRICS)] for r in a.at_epochs]
-            rows += [
-                [f"matched steps (epoch {'/'.join(map(str, r['accumulated_epoch']))} vs "
-                 f"{'/'.join(map(str, r['baseline_epochs']))})", *(fmt(r[m]) for m in METRICS)]
-                for r in a.at_steps
-            ]  # fmt: skip
+            rows = effect_rows(a)
             header = ["effect (N - 1)", "train acc", "val acc", "gap"]
             lines.append(columns(header, rows, indent="  ").rstrip("\n"))
             lines.append(
@@ -138,8 +133,6 @@ def render_csv(results: list[tuple[optuna.Study, list[ArmAnalysis]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from study.cli import ArgumentParser, fail
-
     parser = ArgumentParser(
         prog="analysis.overfitting",
         description="Overfitting or under-training? The effect of accumulation on train accuracy, "
@@ -147,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         "by seed with 95%% CIs over seeds, per lr-scaling arm of grid studies, and the verdict.",
     )
     parser.add_argument("--study", action="append", required=True, help="grid study name (repeatable)")
-    parser.add_argument(
-        "--storage", help="SQLAlchemy URL (default: $STUDY_STORAGE or sqlite:///storage/studies.db)"
-    )
+    add_storage_flag(parser)
     parser.add_argument(
         "--min-effect",
         type=float,
@@ -167,19 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = analyse_studies(load_studies(args.study, args.storage), min_effect=args.min_effect)
         if not any(analyses for _, analyses in results):
-            raise AnalysisError(
+            raise StudyError(
                 f"no accumulated run with its accumulation-1 baseline in {', '.join(args.study)}"
             )
-    except AnalysisError as exc:
+    except StudyError as exc:
         fail(parser.prog, str(exc))
     figures: dict[Any, Path] = {}
     if args.figures:
         for study, analyses in results:
             runs = runs_from_study(study)
             for a in analyses:
-                path = Path(args.figures) / f"{study.study_name}-steps-{a.arm}-x{a.accumulation_steps}.png"
-                if plot_steps(runs, arm=a.arm, n=a.accumulation_steps, path=path):
-                    figures[(study.study_name, a.arm, a.accumulation_steps)] = path
+                name = f"{study.study_name}-steps-{a.arm}-x{a.accumulation_steps}"
+                figure = steps_figure(runs, arm=a.arm, n=a.accumulation_steps, name=name)
+                if figure is not None:
+                    figures[(study.study_name, a.arm, a.accumulation_steps)] = write_png(
+                        figure, Path(args.figures)
+                    )
     renderers = {
         "table": render_table,
         "markdown": lambda r: render_markdown(r, figures),

@@ -26,19 +26,22 @@ accuracy difference too small to matter, default 0.01):
 An lr-scaling arm **recovers** the accuracy lost with accumulation when its validation-accuracy
 effect at matched epochs is not significantly negative; fewer steps predict recovery, overfitting
 does not.
+
+The figure that answers the question, accuracy against optimizer steps and against epochs, is
+``analysis.figures.steps_figure``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from analysis.stats import MeanCI, mean_ci, run_level_mean_ci
+from study import records
 
 METRICS = ("train_accuracy", "val_accuracy", "generalization_gap")
 OVERFITTING, UNDER_TRAINING, NO_DIFFERENCE, INCONCLUSIVE = (
@@ -74,7 +77,7 @@ def runs_from_study(study: optuna.Study) -> list[Run]:
     """The finished runs of a grid study (COMPLETE trials with a config and a history)."""
     runs = []
     for t in study.get_trials(deepcopy=False):
-        cfg, history = t.user_attrs.get("config"), t.user_attrs.get("history")
+        cfg, history = records.config(t), records.history(t)
         if t.state != TrialState.COMPLETE or not cfg or not history:
             continue
         runs.append(
@@ -126,7 +129,7 @@ class ArmAnalysis:
         return asdict(self)
 
 
-def _pairs(runs: list[Run], arm: str, n: int) -> dict[tuple[int, int], tuple[Run, Run]]:
+def paired_runs(runs: list[Run], arm: str, n: int) -> dict[tuple[int, int], tuple[Run, Run]]:
     """(batch, seed) -> (accumulation-1 run, accumulation-N run of ``arm``)."""
     base = {(r.batch_size, r.seed): r for r in runs if r.accumulation_steps == 1}
     acc = {(r.batch_size, r.seed): r for r in runs if r.accumulation_steps == n and r.lr_scaling == arm}
@@ -166,7 +169,7 @@ def analyse_arm(
     runs: list[Run], *, arm: str, n: int, epoch_points: list[int], min_effect: float = DEFAULT_MIN_EFFECT
 ) -> ArmAnalysis | None:
     """The analysis of one arm, or None when no accumulated run of it has its baseline."""
-    pairs = _pairs(runs, arm, n)
+    pairs = paired_runs(runs, arm, n)
     if not pairs:
         return None
     dataset = next(iter(pairs.values()))[0].dataset
@@ -316,8 +319,10 @@ def analyse(study: optuna.Study, *, min_effect: float = DEFAULT_MIN_EFFECT) -> l
     """One analysis per lr-scaling arm of a grid study (arms from the study, else from its runs)."""
     runs = runs_from_study(study)
     n_values = sorted({r.accumulation_steps for r in runs if r.accumulation_steps != 1})
-    points = study.user_attrs.get("epoch_points") or sorted({r.epochs for r in runs})
-    arms = study.user_attrs.get("arms") or sorted({r.lr_scaling for r in runs if r.accumulation_steps != 1})
+    points = study.user_attrs.get(records.EPOCH_POINTS) or sorted({r.epochs for r in runs})
+    arms = study.user_attrs.get(records.ARMS) or sorted(
+        {r.lr_scaling for r in runs if r.accumulation_steps != 1}
+    )
     out = []
     for n in n_values:
         for arm in arms:
@@ -351,53 +356,3 @@ def recovery(analyses: list[ArmAnalysis], *, min_effect: float = DEFAULT_MIN_EFF
             f"{_fmt(val)}{ref_text}: {outcome}"
         )
     return lines
-
-
-# --- the figure that answers the question ----------------------------------------------------------
-def plot_steps(runs: list[Run], *, arm: str, n: int, path: Path, title: str = "") -> Path | None:
-    """Train and validation accuracy against optimizer steps (top row) and epochs (bottom row) for
-    accumulation 1 and ``n`` (arm ``arm``): mean and 95% CI band over seeds, one column per
-    micro-batch. If the curves fall on each other against steps, steps are what matter."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    pairs = _pairs(runs, arm, n)
-    if not pairs:
-        return None
-    batches = sorted({b for b, _ in pairs})
-    fig, axes = plt.subplots(2, len(batches), figsize=(4.2 * len(batches), 6.4), squeeze=False, sharey=True)
-    colors = {1: "tab:blue", n: "tab:orange"}
-    for col, batch in enumerate(batches):
-        for accumulation in (1, n):
-            group = [p[0] if accumulation == 1 else p[1] for (b, _), p in pairs.items() if b == batch]
-            epochs = min(r.epochs for r in group)
-            steps = np.array(group[0].history["optimizer_steps"][:epochs], dtype=float)
-            for metric, style in (("train_accuracy", "-"), ("val_accuracy", "--")):
-                values = np.array([r.history[metric][:epochs] for r in group], dtype=float)
-                cis = [mean_ci(list(values[:, i])) for i in range(epochs)]
-                mean = np.array([c.mean for c in cis])
-                low = np.array([c.low if not math.isnan(c.low) else c.mean for c in cis])
-                high = np.array([c.high if not math.isnan(c.high) else c.mean for c in cis])
-                label = (
-                    f"accumulation {accumulation}, {'train' if metric == 'train_accuracy' else 'validation'}"
-                )
-                for row, x in enumerate((steps, np.arange(1, epochs + 1))):
-                    ax = axes[row][col]
-                    ax.plot(x, mean, style, color=colors[accumulation], label=label)
-                    ax.fill_between(x, low, high, color=colors[accumulation], alpha=0.15)
-        axes[0][col].set_title(f"micro-batch {batch}")
-        axes[0][col].set_xlabel("optimizer steps")
-        axes[1][col].set_xlabel("epochs")
-    for row in range(2):
-        axes[row][0].set_ylabel("accuracy")
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    seeds = len({s for _, s in pairs})
-    fig.suptitle(title or f"accumulation {n} (lr scaling {arm}) vs 1: mean and 95% CI over {seeds} seed(s)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

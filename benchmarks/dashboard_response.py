@@ -37,8 +37,8 @@ from pathlib import Path
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from study.pgcluster import PostgresCluster, free_port
 from study.storage import STORAGE_ENV, open_storage, tune_for_writing
+from tests.pgcluster import PostgresCluster, free_port
 
 DISTRIBUTIONS = {
     "accumulation_steps": CategoricalDistribution([1, 2, 4, 8]),
@@ -145,7 +145,7 @@ def run(url: str, trials: int, repeats: int, cold_repeats: int) -> list[tuple[st
     start = time.perf_counter()
     study.add_trials([realistic_trial(n, rng) for n in range(trials)])
     print(f"built a {trials}-trial study in {time.perf_counter() - start:.1f} s")
-    study_id = study._study_id
+    study_id = storage.get_study_id_from_name(study.study_name)  # the id the dashboard's API uses
     rows = []
     with dashboard(url) as base:
         detail = f"{base}/api/studies/{study_id}"

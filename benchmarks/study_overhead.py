@@ -23,8 +23,9 @@ import optuna
 
 import study.objective as objective_module
 from search_spaces import load_space
-from study.objective import Objective
-from study.run import make_pruner, make_sampler
+from study.data import load_raw
+from study.objective import search_objective, space_config
+from study.session import make_pruner, make_sampler
 from study.storage import open_storage, tune_for_writing
 
 
@@ -59,12 +60,13 @@ def main() -> None:
 
     objective_module.train = timed_train
     space = load_space(args.space)
-    objective = Objective(space, "quick", {"dataset": args.dataset, "device": "cpu", "seed": 0})
-    objective.raw()  # data loading is a once-per-process cost, not a per-trial one
+    raw = load_raw(args.dataset, "data")  # data loading is a once-per-process cost, not a per-trial one
+    run = {"dataset": args.dataset, "device": "cpu", "seed": 0}
+    objective = search_objective(space, "quick", raw, **run)
     with tempfile.TemporaryDirectory() as tmp:
         storage = open_storage(f"sqlite:///{Path(tmp) / 'bench.db'}")
         tune_for_writing(storage)  # as study.run does
-        epochs = objective.config(space.baseline).epochs
+        epochs = space_config(space, "quick", raw, **run)(space.baseline).epochs
         bench = optuna.create_study(
             storage=storage,
             direction="maximize",

@@ -6,7 +6,7 @@ worker is a process with the storage as ``study.run`` opens it (``study.storage.
 heartbeat thread per trial, a stale-trial check before each trial, SQLite in WAL mode); the
 sampler is random, so the figure is storage time, not TPE's. The workers start together behind a
 barrier; the figure is the trials of all workers over the seconds from the barrier to the last
-worker's end. PostgreSQL is a private cluster on 127.0.0.1 (``study.pgcluster``) with its default
+worker's end. PostgreSQL is a private cluster on 127.0.0.1 (``tests.pgcluster``) with its default
 durability (an fsync per commit); SQLite's WAL with synchronous=NORMAL syncs only at checkpoints.
 
 Usage::
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import optuna
 
-from study.pgcluster import PostgresCluster, find_bindir
 from study.storage import open_storage, tune_for_writing
+from tests.pgcluster import PostgresCluster, find_bindir
 
 
 def no_op(trial: optuna.Trial) -> float:

@@ -1,4 +1,5 @@
-"""Shared command-line plumbing: one-line errors with exit code 2, and TrainConfig flags."""
+"""Shared command-line plumbing: the flags every command declares the same way, one-line errors
+with exit code 2, TrainConfig flags, and the one table renderer."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import typing
 from typing import Any, NoReturn
 
 from study.config import TrainConfig
+from study.storage import STORAGE_ENV
 
 EXIT_USAGE = 2
+DEVICES = ("auto", "cpu", "cuda")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -26,6 +29,62 @@ def fail(prog: str, message: str) -> NoReturn:
     one_line = " ".join(str(message).split())
     print(f"{prog}: error: {one_line}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
+
+
+# --- flags declared the same way by every command ----------------------------------------------
+def add_storage_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage",
+        help=f"SQLAlchemy URL (default: ${STORAGE_ENV} or sqlite:///storage/studies.db); PostgreSQL: "
+        f"postgresql+psycopg://user@host/db, with the password in ${STORAGE_ENV} to keep it off the "
+        "command line",
+    )
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--data-dir`` and ``--quiet``: the flags of every command that trains."""
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="training device (default: auto)")
+    parser.add_argument("--data-dir", default="data", help="where datasets live (default: ./data)")
+    add_quiet_flag(parser)
+
+
+def add_quiet_flag(parser: argparse.ArgumentParser, help: str = "no progress bar") -> None:
+    parser.add_argument("--quiet", action="store_true", help=help)
+
+
+def add_workers_flags(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """``--workers N`` and the internal ``--worker-index`` of the processes it starts."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help=f"worker processes on this machine sharing {what}, each with cores/N threads (default: 1); "
+        "a killed worker is replaced",
+    )
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def resolve_budget(args: argparse.Namespace) -> str:
+    """Fill ``args.budget`` from the device when not given; returns how it was chosen."""
+    if args.budget is not None:
+        return "given"
+    import torch  # local: the analysis commands need no torch
+
+    on_gpu = args.device != "cpu" and torch.cuda.is_available()
+    args.budget = "standard" if on_gpu else "quick"
+    return "chosen: CUDA device found" if on_gpu else "chosen: no CUDA device"
+
+
+def check_common(prog: str, args: argparse.Namespace) -> None:
+    """Checks shared by the study CLIs (one line, exit 2)."""
+    if getattr(args, "n_trials", 1) < 1:
+        fail(prog, f"--n-trials must be >= 1; got {args.n_trials}")
+    if getattr(args, "timeout", None) is not None and args.timeout <= 0:
+        fail(prog, f"--timeout must be > 0 seconds; got {args.timeout:g}")
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        fail(prog, "--device cuda was requested but no CUDA device is available; use --device cpu")
 
 
 def _field_help() -> dict[str, str]:

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import sys
 
-from study.cli import ArgumentParser, fail
-from study.storage import STORAGE_ENV, StorageError, mask, open_storage, resolve_url
+from study.cli import ArgumentParser, add_storage_flag, fail
+from study.session import StudyError, existing_storage
+from study.storage import mask
 
 PROG = "study.dashboard"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--storage", help=f"SQLAlchemy URL (default: ${STORAGE_ENV} or sqlite:///storage/studies.db)"
-    )
+    add_storage_flag(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
     )
@@ -27,9 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.port < 65536:
         fail(PROG, f"--port must be in 1..65535; got {args.port}")
     try:
-        url = resolve_url(args.storage)
-        storage = open_storage(url, create=False)  # never creates an empty database to browse
-    except StorageError as exc:
+        url, storage = existing_storage(args.storage)  # never creates an empty database to browse
+    except StudyError as exc:
         fail(PROG, f"{exc}; run python -m study.run first or pass --storage")
 
     import optuna_dashboard

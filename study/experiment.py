@@ -32,12 +32,11 @@ import optuna
 
 from study.cli import ArgumentParser, fail
 from study.config import DATASET_SIZES, LR_SCALING_EXPONENTS
+from study.session import BUDGETS, EXPERIMENT_SPACE, experiment_study_names
 from study.storage import STORAGE_ENV, StorageError, mask, open_storage, resolve_url, study_exists
 from study.workers import EXIT_INTERRUPTED, run_main, settled
 
 PROG = "study.experiment"
-BUDGETS = ("quick", "cpu", "standard")
-SPACE = "overfitting"
 
 
 def build_parser() -> ArgumentParser:
@@ -82,12 +81,6 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
-
-
-def study_names(dataset: str, budget: str) -> dict[str, str]:
-    """The studies of one experiment, named so that each command's default would match."""
-    search = f"{dataset}-{SPACE}-{budget}"
-    return {"grid": f"{dataset}-grid-{budget}", "search": search, "replicate": f"{search}-replicate"}
 
 
 def settled_trials(url: str, name: str) -> int:
@@ -148,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         url = resolve_url(args.storage)
     except StorageError as exc:
         fail(PROG, str(exc))
-    names = study_names(args.dataset, args.budget)
+    names = experiment_study_names(args.dataset, args.budget)
     env = {**os.environ, STORAGE_ENV: url}  # the URL (and any password) stays off command lines
     common = ["--dataset", args.dataset, "--budget", args.budget, "--device", args.device]
     common += ["--data-dir", args.data_dir] + (["--quiet"] if args.quiet else [])
@@ -170,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 *common,
                 "--space",
-                SPACE,
+                EXPERIMENT_SPACE,
                 "--n-trials",
                 str(remaining),
                 "--study-name",
@@ -196,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         env,
     )  # fmt: skip
 
-    from analysis.results import write_results  # analysis reads the storage, never trains
+    from analysis.answer import write_results  # analysis reads the storage, never trains
 
     print(f"\n== 4/4 the results: {out}/", flush=True)
     written = write_results(url, names, out)

@@ -22,32 +22,37 @@ the validation accuracy at the last point.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 
-from search_spaces import Param, SearchSpace
-from study.cli import ArgumentParser, fail
-from study.config import DATASET_SIZES, LR_SCALING_EXPONENTS, TrainConfig
-from study.data import DataError
-from study.objective import Objective
-from study.run import (
+from study import records
+from study.cli import (
+    ArgumentParser,
+    add_storage_flag,
+    add_training_flags,
+    add_workers_flags,
     check_common,
+    fail,
+    resolve_budget,
+)
+from study.config import DATASET_SIZES, LR_SCALING_EXPONENTS, TrainConfig
+from study.data import DataError, load_raw
+from study.objective import Objective, build_config
+from study.session import (
+    StudyError,
     enqueue_runs,
     missing_runs,
     open_study,
     optimize,
-    progress_bar,
-    resolve_budget,
-    shares,
+    run_worker_processes,
     summary,
 )
-from study.storage import STORAGE_ENV, StorageError, mask, resolve_url
-from study.workers import run_main, supervise
+from study.storage import StorageError, mask, resolve_url
+from study.workers import run_main
 
 PROG = "study.grid"
 BATCH_SIZES = (32, 64, 128)
@@ -105,31 +110,44 @@ def grid_runs(*, n_gao: int, seeds: int, arms: tuple[str, ...]) -> list[dict[str
     return runs
 
 
-@dataclass
-class GridObjective(Objective):
-    """A grid run: the learning rate is scaled relative to the micro-batch run (reference batch =
-    micro-batch), so lr = base_lr x accumulation_steps ** p for the run's rule."""
+@dataclass(frozen=True)
+class GridDesign:
+    """The grid of one command: fixed settings (the paper protocol at a budget), the parameter
+    choices (the GridSampler's grid; only the combinations of ``grid_runs`` are run), the epoch
+    points and a description for the study."""
 
-    def config(self, params: dict[str, Any]) -> TrainConfig:
-        return super().config({**params, "reference_batch_size": params["batch_size"]})
+    settings: dict[str, Any]
+    choices: dict[str, tuple[Any, ...]]
+    epoch_points: tuple[int, ...]
+    description: str
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The run's parameters (an enqueued run's fixed values), recorded as the trial's params."""
+        return {name: trial.suggest_categorical(name, list(values)) for name, values in self.choices.items()}
+
+    def config(self, params: dict[str, Any], *, pool: int | None = None, **run: Any) -> TrainConfig:
+        """A grid run's config. The learning rate is scaled relative to the micro-batch run
+        (reference batch = micro-batch), so lr = base_lr x accumulation_steps ** p for the run's rule."""
+        return build_config(
+            self.settings, {**params, "reference_batch_size": params["batch_size"]}, pool=pool, **run
+        )
 
 
-def grid_space(
+def grid_design(
     *, n_gao: int, seeds: int, budget: str, base_lr: float, arms: tuple[str, ...] = ("none",)
-) -> tuple[SearchSpace, tuple[int, ...]]:
-    """The grid as a SearchSpace (batch_size x accumulation_steps x lr_scaling x seed) and its epoch
-    points. Only the combinations of ``grid_runs`` are run."""
+) -> GridDesign:
+    """The grid: batch_size x accumulation_steps x lr_scaling x seed at the budget's scale."""
     scale = GRID_BUDGETS[budget]
     points = scale.epoch_points
-    fixed = {**PAPER_PROTOCOL, "base_lr": base_lr, "epochs": max(points), "model": scale.model}
-    del fixed["lr_scaling"]  # a grid parameter: the arm of an accumulated run
+    settings = {**PAPER_PROTOCOL, "base_lr": base_lr, "epochs": max(points), "model": scale.model}
+    del settings["lr_scaling"]  # a grid parameter: the arm of an accumulated run
     if scale.train_subset is not None:
-        fixed["train_subset"] = scale.train_subset
-    params = {
-        "batch_size": Param("batch_size", "categorical", "scientific", choices=BATCH_SIZES),
-        "accumulation_steps": Param("accumulation_steps", "categorical", "scientific", choices=(1, n_gao)),
-        "lr_scaling": Param("lr_scaling", "categorical", "scientific", choices=tuple(LR_SCALING_EXPONENTS)),
-        "seed": Param("seed", "categorical", "nuisance", choices=tuple(range(seeds))),
+        settings["train_subset"] = scale.train_subset
+    choices = {
+        "batch_size": BATCH_SIZES,
+        "accumulation_steps": (1, n_gao),
+        "lr_scaling": tuple(LR_SCALING_EXPONENTS),
+        "seed": tuple(range(seeds)),
     }
     scaled = [a for a in arms if a != "none"]
     description = (
@@ -141,9 +159,7 @@ def grid_space(
             else "no lr scaling."
         )
     )
-    # the grid's fixed settings apply to every budget
-    space = SearchSpace("grid", Path("<grid>"), description, params, fixed, {budget: {}})
-    return space, points
+    return GridDesign(settings, choices, points, description)
 
 
 def build_parser() -> ArgumentParser:
@@ -167,9 +183,7 @@ def build_parser() -> ArgumentParser:
         "(lr x sqrt N); the accumulation-1 runs are shared by all arms (default: none)",
     )
     parser.add_argument("--study-name", help="default: DATASET-grid-BUDGET; an existing grid is resumed")
-    parser.add_argument(
-        "--storage", help=f"SQLAlchemy URL (default: ${STORAGE_ENV} or sqlite:///storage/studies.db)"
-    )
+    add_storage_flag(parser)
     parser.add_argument(
         "--budget",
         choices=tuple(GRID_BUDGETS),
@@ -180,49 +194,27 @@ def build_parser() -> ArgumentParser:
         )
         + ". Default: standard with CUDA, quick without",
     )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="worker processes on this machine sharing the runs to do, each with cores/N threads "
-        "(default: 1); a killed worker is replaced",
-    )
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    # Internal: set on the worker processes that --workers starts (index, runs to take from the queue).
-    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    add_workers_flags(parser, what="the runs to do")
+    # Internal: how many queued runs a worker process of --workers takes.
     parser.add_argument("--worker-runs", type=int, default=None, help=argparse.SUPPRESS)
+    add_training_flags(parser)
     return parser
 
 
-def _run_workers(args: argparse.Namespace, study: optuna.Study, url: str, n_runs: int) -> int:
-    """Start ``args.workers`` processes that take the queued runs of ``study`` between them
-    (exact shares, so none samples a point off the grid), replace any that a signal kills."""
-    env = {**os.environ, STORAGE_ENV: url}  # the URL (and any password) stays off the command line
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.workers)))
+def worker_command(args: argparse.Namespace, study_name: str) -> Callable[[int, int], list[str]]:
+    """argv of a worker process that takes ``share`` of the queued runs (exact shares, so none
+    samples a point off the grid)."""
 
     def command(index: int, share: int) -> list[str]:
         return [
             sys.executable, "-m", "study.grid",
             "--dataset", args.dataset, "--n-gao", str(args.n_gao), "--seeds", str(args.seeds),
-            "--base-lr", repr(args.base_lr), "--lr-scaling", args.lr_scaling, "--study-name", study.study_name,
+            "--base-lr", repr(args.base_lr), "--lr-scaling", args.lr_scaling, "--study-name", study_name,
             "--budget", args.budget, "--device", args.device, "--data-dir", args.data_dir,
             "--worker-index", str(index), "--worker-runs", str(share), "--quiet",
         ]  # fmt: skip
 
-    bar = progress_bar(n_runs, quiet=args.quiet)
-    try:
-        return supervise(
-            study,
-            shares(n_runs, args.workers),
-            command,
-            env,
-            prog=PROG,
-            progress=lambda done: bar.update(done - bar.n),
-        )
-    finally:
-        bar.close()
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,55 +233,58 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not arms:
         fail(PROG, f"--lr-scaling takes arms of {', '.join(LR_SCALING_EXPONENTS)}; got {args.lr_scaling!r}")
     budget_note = resolve_budget(args)
-    space, points = grid_space(
+    design = grid_design(
         n_gao=args.n_gao, seeds=args.seeds, budget=args.budget, base_lr=args.base_lr, arms=arms
     )
-    objective = GridObjective(
-        space,
-        args.budget,
-        {"dataset": args.dataset, "data_dir": args.data_dir, "device": args.device},
-        checkpoints=points,
-    )
-    grid = {name: list(p.choices) for name, p in space.params.items()}
+    run = {"dataset": args.dataset, "data_dir": args.data_dir, "device": args.device}
     try:
         url = resolve_url(args.storage)
-        objective.raw()  # missing or damaged data files fail here, before the storage exists
-        for run in grid_runs(n_gao=args.n_gao, seeds=1, arms=arms):  # e.g. the effective batch must fit
-            objective.config(run)
+        raw = load_raw(args.dataset, args.data_dir)  # missing or damaged data fail before the storage exists
+        pool = len(raw.train_labels)
+        for params in grid_runs(n_gao=args.n_gao, seeds=1, arms=arms):  # e.g. the effective batch must fit
+            design.config(params, pool=pool, **run)
     except (StorageError, DataError) as exc:
         fail(PROG, str(exc))
     except ValueError as exc:
         fail(PROG, f"the grid cannot run on {args.dataset}: {exc}")
+    objective = Objective(
+        lambda trial: design.config(design.suggest(trial), pool=pool, **run),
+        raw,
+        checkpoints=design.epoch_points,
+    )
     study_name = args.study_name or f"{args.dataset}-grid-{args.budget}"
     identity = {
-        "dataset": args.dataset,
-        "space": "grid",
-        "budget": args.budget,
-        "kind": "grid",
-        "n_gao": args.n_gao,
+        records.DATASET: args.dataset,
+        records.SPACE: "grid",
+        records.BUDGET: args.budget,
+        records.KIND: records.GRID,
+        records.N_GAO: args.n_gao,
     }
-    study, exists = open_study(
-        PROG,
-        url,
-        study_name,
-        identity,
-        sampler=optuna.samplers.GridSampler(grid, seed=0),
-        pruner=optuna.pruners.NopPruner(),
-    )
+    try:
+        study, exists = open_study(
+            url,
+            study_name,
+            identity,
+            sampler=optuna.samplers.GridSampler({k: list(v) for k, v in design.choices.items()}, seed=0),
+            pruner=optuna.pruners.NopPruner(),
+        )
+    except StudyError as exc:
+        fail(PROG, str(exc))
     if args.worker_runs is not None:  # a worker of --workers: the parent has queued the runs
         optimize(
             study, objective, n_trials=args.worker_runs, quiet=True, prefix=f"[worker {args.worker_index}] "
         )
         return 0
+    points = design.epoch_points
     if not exists:
-        study.set_user_attr("epoch_points", list(points))
+        study.set_user_attr(records.EPOCH_POINTS, list(points))
     # A resumed grid runs only what is missing (more --seeds or arms grow it).
-    arms = tuple(dict.fromkeys([*study.user_attrs.get("arms", []), *arms]))
-    study.set_user_attr("arms", list(arms))
-    study.set_user_attr("space_description", space.description)
+    arms = tuple(dict.fromkeys([*study.user_attrs.get(records.ARMS, []), *arms]))
+    study.set_user_attr(records.ARMS, list(arms))
+    study.set_user_attr(records.SPACE_DESCRIPTION, design.description)
     runs = grid_runs(n_gao=args.n_gao, seeds=args.seeds, arms=arms)
     todo = missing_runs(study, runs)
-    cfg = objective.config(runs[0])
+    cfg = design.config(runs[0], pool=pool, **run)
     print(
         f"grid {study_name} ({'resumed' if exists else 'new'}) on {mask(url)}\n"
         f"dataset {args.dataset}, budget {args.budget} ({budget_note}): epoch points {', '.join(map(str, points))}"
@@ -302,7 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     enqueue_runs(study, todo)
     code = 0
     if todo and args.workers > 1:
-        code = _run_workers(args, study, url, len(todo))
+        code = run_worker_processes(
+            study,
+            url,
+            total=len(todo),
+            workers=args.workers,
+            command=worker_command(args, study_name),
+            prog=PROG,
+            quiet=args.quiet,
+        )
     elif todo:
         optimize(study, objective, n_trials=len(todo), quiet=args.quiet)
     print(summary(study, url))

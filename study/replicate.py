@@ -16,20 +16,19 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from analysis.common import AnalysisError, load_studies
-from search_spaces import SearchSpace
-from study.cli import render_table
+from study import records
+from study.cli import ArgumentParser, add_storage_flag, add_training_flags, fail, render_table
 from study.config import TrainConfig
-from study.data import DataError
+from study.data import DataError, load_raw
 from study.jsonsafe import finite_or_none
 from study.objective import Objective
+from study.session import StudyError, load_studies, missing_runs, open_study, run_enqueued
+from study.storage import StorageError, resolve_url
 from study.workers import run_main
 
 PROG = "study.replicate"
@@ -37,18 +36,17 @@ METRICS = ("val_accuracy", "test_accuracy", "train_accuracy", "generalization_ga
 FORMATS = ("table", "markdown", "json")
 
 
-@dataclass
-class ReplicateObjective(Objective):
-    """Runs a stored configuration (``source_trial``) with a given ``seed``."""
+def replicate_config(sources: dict[int, dict[str, Any]], run: dict[str, Any]):
+    """``trial -> TrainConfig`` of a replication: the stored config of the trial's ``source_trial``
+    with the trial's ``seed`` (both enqueued) and this machine's ``run`` settings (data dir, device)."""
+    seeds = sorted({s for c in sources.values() for s in c["seeds"]})
 
-    sources: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    def configure(trial: optuna.Trial) -> TrainConfig:
+        source = trial.suggest_categorical("source_trial", sorted(sources))
+        seed = trial.suggest_categorical("seed", seeds)
+        return TrainConfig(**{**sources[source]["config"], **run, "seed": seed})
 
-    def trial_config(self, trial: optuna.Trial) -> TrainConfig:
-        source = trial.suggest_categorical("source_trial", sorted(self.sources))
-        seed = trial.suggest_categorical(
-            "seed", sorted({s for c in self.sources.values() for s in c["seeds"]})
-        )
-        return TrainConfig(**{**self.sources[source]["config"], **self.run, "seed": seed})
+    return configure
 
 
 def best_trials(
@@ -62,7 +60,7 @@ def best_trials(
     trials that trained longest (then scored best at their last report) stand in, and re-running
     them unpruned over seeds is what answers whether tuning recovers its accuracy.
     """
-    with_config = [t for t in study.get_trials(deepcopy=False) if "config" in t.user_attrs]
+    with_config = [t for t in study.get_trials(deepcopy=False) if records.config(t)]
     done = sorted(
         (t for t in with_config if t.state == TrialState.COMPLETE), key=lambda t: t.value, reverse=True
     )
@@ -107,7 +105,7 @@ def report(source: optuna.Study, replicas: optuna.Study, chosen: list) -> list[d
             "n": len(runs),
         }
         for m in METRICS:
-            values = [t.user_attrs[m] for t in runs if t.user_attrs.get(m) is not None]
+            values = [records.metric(t, m) for t in runs if records.metric(t, m) is not None]
             row[m] = {
                 "mean": statistics.fmean(values) if values else math.nan,
                 "std": statistics.stdev(values) if len(values) > 1 else math.nan,
@@ -130,10 +128,6 @@ def render(rows: list[dict[str, Any]], fmt: str, study_name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from study.cli import ArgumentParser, fail
-    from study.run import missing_runs, open_study, run_enqueued
-    from study.storage import resolve_url
-
     parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--study", required=True, help="the study whose best trials are re-run")
     parser.add_argument("--top", type=int, default=3, help="how many of the best trials (default: 3)")
@@ -150,13 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--new-study", help="where the re-runs go (default: STUDY-replicate); resumed if it exists"
     )
-    parser.add_argument(
-        "--storage", help="SQLAlchemy URL (default: $STUDY_STORAGE or sqlite:///storage/studies.db)"
-    )
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--data-dir", default="data")
+    add_storage_flag(parser)
     parser.add_argument("--format", choices=FORMATS, default="table")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_training_flags(parser)
     args = parser.parse_args(argv)
     if args.top < 1 or args.seeds < 1:
         fail(parser.prog, f"--top and --seeds must be >= 1; got {args.top} and {args.seeds}")
@@ -165,14 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         (source,) = load_studies([args.study], args.storage)
         searched = {name for t in source.get_trials(deepcopy=False) for name in t.params}
         if args.best_per is not None and args.best_per not in searched:
-            raise AnalysisError(
+            raise StudyError(
                 f"--best-per {args.best_per}: not a parameter of {args.study}; its parameters: "
                 + (", ".join(sorted(searched)) or "none")
             )
         values = None
         if args.values is not None:
             if args.best_per is None:
-                raise AnalysisError("--values needs --best-per PARAM")
+                raise StudyError("--values needs --best-per PARAM")
             present = {
                 t.params[args.best_per]
                 for t in source.get_trials(deepcopy=False)
@@ -182,37 +172,38 @@ def main(argv: list[str] | None = None) -> int:
             wanted = [v.strip() for v in args.values.split(",") if v.strip()]
             missing = [v for v in wanted if v not in by_text]
             if missing:
-                raise AnalysisError(
+                raise StudyError(
                     f"--values {','.join(missing)}: no trial of {args.study} has {args.best_per} = that; "
                     f"it has {', '.join(sorted(by_text))}"
                 )
             values = tuple(by_text[v] for v in wanted)
         chosen = best_trials(source, args.top, per=args.best_per, values=values)
         if not chosen:
-            raise AnalysisError(f"study {args.study!r} has no completed trial with a recorded config")
+            raise StudyError(f"study {args.study!r} has no completed trial with a recorded config")
         sources = {
             t.number: {
-                "config": {f.name: t.user_attrs["config"][f.name] for f in dataclasses.fields(TrainConfig)},
-                "seeds": [t.user_attrs["config"]["seed"] + 1 + i for i in range(args.seeds)],
+                "config": {f.name: records.config(t)[f.name] for f in dataclasses.fields(TrainConfig)},
+                "seeds": [records.config(t)["seed"] + 1 + i for i in range(args.seeds)],
             }
             for t in chosen
         }
         dataset = next(iter(sources.values()))["config"]["dataset"]
-        run = {"dataset": dataset, "data_dir": args.data_dir, "device": args.device}
-        space = SearchSpace("replicate", Path(args.study), "", {}, {}, {})  # configs come from `sources`
-        objective = ReplicateObjective(space, "replicate", run, sources=sources)
-        objective.raw()
-    except (AnalysisError, DataError) as exc:
+        raw = load_raw(dataset, args.data_dir)
+        url = resolve_url(args.storage)
+    except (StudyError, StorageError, DataError) as exc:
         fail(parser.prog, str(exc))
+    objective = Objective(replicate_config(sources, {"data_dir": args.data_dir, "device": args.device}), raw)
     name = args.new_study or f"{args.study}-replicate"
-    study, _ = open_study(
-        parser.prog,
-        resolve_url(args.storage),
-        name,
-        {"kind": "replicate", "source_study": args.study, "dataset": dataset},
-        sampler=optuna.samplers.RandomSampler(seed=0),
-        pruner=optuna.pruners.NopPruner(),
-    )
+    try:
+        study, _ = open_study(
+            url,
+            name,
+            {records.KIND: records.REPLICATE, records.SOURCE_STUDY: args.study, records.DATASET: dataset},
+            sampler=optuna.samplers.RandomSampler(seed=0),
+            pruner=optuna.pruners.NopPruner(),
+        )
+    except StudyError as exc:
+        fail(parser.prog, str(exc))
     todo = missing_runs(
         study, [{"source_trial": n, "seed": s} for n, src in sources.items() for s in src["seeds"]]
     )

@@ -25,6 +25,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+from study.records import ATTEMPT_ATTRS
+
 DEFAULT_STORAGE = "sqlite:///storage/studies.db"
 STORAGE_ENV = "STUDY_STORAGE"
 HEARTBEAT_INTERVAL = 10  # seconds between heartbeats of a running trial
@@ -33,11 +35,6 @@ MAX_RETRY = 3  # a stale trial is re-run at most this many times
 SQLITE_BUSY_TIMEOUT = 60  # seconds a writer waits for SQLite's lock instead of failing
 HEARTBEAT_ENV = "STUDY_HEARTBEAT_INTERVAL"
 GRACE_ENV = "STUDY_GRACE_PERIOD"
-
-
-# User attrs that describe one attempt at a trial (which process ran it, how it ended), not its
-# configuration: a retry starts without them.
-ATTEMPT_ATTRS = ("worker", "status", "fail_reason")
 
 
 class StorageError(ValueError):
@@ -54,6 +51,13 @@ class RetryFailedAttempt(RetryHeartbeatStaleTrialCallback):
         trial = copy.copy(trial)
         trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
         super().__call__(study, trial)
+
+
+def retry_callback() -> RetryFailedAttempt:
+    """The retry of a lost or interrupted trial: the storage's heartbeat callback, and the one the
+    Ctrl-C and lost-worker paths of ``study.workers`` call, so all share ``retry_history`` and
+    its limit (``MAX_RETRY``)."""
+    return RetryFailedAttempt(max_retry=MAX_RETRY)
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -187,7 +191,7 @@ def open_storage(
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryFailedAttempt(max_retry=MAX_RETRY),
+                heartbeat_stale_trial_callback=retry_callback(),
             )
     except Exception as exc:
         message = " ".join(str(exc).split()).replace(url, mask(url))

@@ -31,7 +31,8 @@ from typing import Any, NoReturn, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study.storage import heartbeat_settings
+from study import records
+from study.storage import heartbeat_settings, retry_callback
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 INTERRUPTED = "interrupted"  # user attr status of a trial stopped by Ctrl-C
@@ -121,15 +122,15 @@ class _TrialGuard:
             try:
                 if self.requested:  # Ctrl-C came while Optuna created this trial
                     raise KeyboardInterrupt
-                trial.set_user_attr("worker", tag)
+                trial.set_user_attr(records.WORKER, tag)
                 self._in_objective = True
                 return objective(trial)
             except KeyboardInterrupt:
                 self._in_objective = False
                 self.requested = True
                 self.interrupted.append(trial.number)
-                trial.set_user_attr("status", INTERRUPTED)
-                trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+                trial.set_user_attr(records.STATUS, INTERRUPTED)
+                trial.set_user_attr(records.FAIL_REASON, INTERRUPTED_REASON)
                 # Optuna would log this FAIL with a traceback; the command says it in one line.
                 optuna.logging.set_verbosity(optuna.logging.ERROR)
                 raise  # Optuna records the trial as FAIL, then re-raises
@@ -144,18 +145,17 @@ class _TrialGuard:
 
 
 def _queue_retry(study: optuna.Study, number: int) -> None:
-    """Queue a copy of interrupted trial ``number`` with the storage's retry callback (the one
-    that retries a lost worker's trial, so both share ``retry_history`` and its limit)."""
-    storage = study._storage  # Optuna keeps the retry callback on the storage
-    get_callback = getattr(storage, "get_heartbeat_stale_trial_callback", None)  # RDB storages
-    callback = get_callback() if get_callback is not None else None
-    if callback is None:
-        return
-    trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-    if trial.state == TrialState.FAIL:
+    """Queue a copy of interrupted trial ``number`` with the retry that a lost worker's trial
+    gets (``study.storage.retry_callback``), so both share ``retry_history`` and its limit."""
+    trial = _trial(study, number)
+    if trial is not None and trial.state == TrialState.FAIL:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            callback(study, trial)
+            retry_callback()(study, trial)
+
+
+def _trial(study: optuna.Study, number: int) -> FrozenTrial | None:
+    return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
 
 
 # --- the parent of --workers N --------------------------------------------------------------------
@@ -248,7 +248,7 @@ def supervise(
         stopped = [
             t.number
             for t in trials
-            if t.user_attrs.get("worker") in tags and t.user_attrs.get("status") == INTERRUPTED
+            if t.user_attrs.get(records.WORKER) in tags and t.user_attrs.get(records.STATUS) == INTERRUPTED
         ]
         if stopped:
             raise _interrupted(stopped) from None
@@ -267,7 +267,7 @@ def _reap(
     """Account for a worker process that has exited."""
     assert slot.proc is not None
     code = slot.proc.returncode
-    slot.owed -= sum(t.user_attrs.get("worker") == slot.tag and _counts(t) for t in trials)
+    slot.owed -= sum(t.user_attrs.get(records.WORKER) == slot.tag and _counts(t) for t in trials)
     slot.proc = None
     if code >= 0:
         if code != 0:
@@ -299,7 +299,7 @@ def _counts(trial: FrozenTrial) -> bool:
     reason of its own (diverged, error, interrupted). A lost worker's trial (FAIL, no reason) does
     not: its retry does."""
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
-        trial.state == TrialState.FAIL and "fail_reason" in trial.user_attrs
+        trial.state == TrialState.FAIL and records.FAIL_REASON in trial.user_attrs
     )
 
 
@@ -307,17 +307,17 @@ def settled(trial: FrozenTrial) -> bool:
     """A trial whose run need not be repeated: COMPLETE, PRUNED, or FAIL for a reason of the run
     itself (diverged, a run-time error). A lost worker's trial (FAIL, no reason) and an
     interrupted one are not: their queued copies still have to run."""
-    return _counts(trial) and trial.user_attrs.get("status") != INTERRUPTED
+    return _counts(trial) and trial.user_attrs.get(records.STATUS) != INTERRUPTED
 
 
 def _finished(trials: list[FrozenTrial], tags: set[str]) -> int:
-    return sum(t.user_attrs.get("worker") in tags and _counts(t) for t in trials)
+    return sum(t.user_attrs.get(records.WORKER) in tags and _counts(t) for t in trials)
 
 
 def _orphans(study: optuna.Study, tag: str) -> list[FrozenTrial]:
     """The RUNNING trials of worker ``tag``."""
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return [t for t in running if t.user_attrs.get("worker") == tag]
+    return [t for t in running if t.user_attrs.get(records.WORKER) == tag]
 
 
 def _recover(study: optuna.Study, slots: list[_Slot], *, prog: str, log: TextIO) -> None:
@@ -329,23 +329,21 @@ def _recover(study: optuna.Study, slots: list[_Slot], *, prog: str, log: TextIO)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-        storage = study._storage  # Optuna keeps the retry callback on the storage
-        callback = storage.get_heartbeat_stale_trial_callback()
         for slot in slots:
             if slot.lost_tag is None or time.monotonic() - slot.lost_at < grace + 3 * interval:
                 continue
             for trial in _orphans(study, slot.lost_tag):
                 try:
-                    if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                        continue
-                except optuna.exceptions.UpdateFinishedTrialError:
+                    study.tell(trial.number, state=TrialState.FAIL)
+                except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
                     continue  # failed by a worker meanwhile
                 print(
                     f"{prog}: trial {trial.number} of a killed worker never sent a heartbeat; failed",
                     file=log,
                 )
-                if callback is not None:
-                    callback(study, storage.get_trial(trial._trial_id))
+                failed = _trial(study, trial.number)
+                if failed is not None:
+                    retry_callback()(study, failed)
 
 
 def _stop_workers(procs: list[subprocess.Popen]) -> None:

@@ -122,9 +122,9 @@ def require(available: bool, reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A private PostgreSQL cluster on 127.0.0.1 for the session (study/pgcluster.py); its URL
+    """A private PostgreSQL cluster on 127.0.0.1 for the session (tests/pgcluster.py); its URL
     carries a random password, so tests pass it through STUDY_STORAGE, never on a command line."""
-    from study.pgcluster import PostgresCluster, find_bindir
+    from tests.pgcluster import PostgresCluster, find_bindir
 
     require(
         find_bindir() is not None,

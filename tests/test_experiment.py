@@ -15,7 +15,15 @@ ARGS += ["--n-trials", "4", "--replicate-seeds", "2", "--device", "cpu", "--quie
 
 
 def experiment(tmp_path, db: str, *extra: str):
-    return cli("study.experiment", *ARGS, "--storage", f"sqlite:///{tmp_path / db}", "--out", str(tmp_path / "out"), *extra)
+    return cli(
+        "study.experiment",
+        *ARGS,
+        "--storage",
+        f"sqlite:///{tmp_path / db}",
+        "--out",
+        str(tmp_path / "out"),
+        *extra,
+    )
 
 
 def counts(url: str) -> dict[str, int]:
@@ -84,7 +92,16 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
 )
 def test_experiment_bad_input_exits_2_with_one_line(tmp_path, args, message):
     db = tmp_path / "e.db"
-    base = ["--dataset", "digits", "--budget", "quick", "--storage", f"sqlite:///{db}", "--out", str(tmp_path / "o")]
+    base = [
+        "--dataset",
+        "digits",
+        "--budget",
+        "quick",
+        "--storage",
+        f"sqlite:///{db}",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     proc = cli("study.experiment", *base, *args)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr

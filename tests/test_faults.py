@@ -28,8 +28,9 @@ from sqlalchemy.engine import make_url
 
 import study.objective as objective_module
 from search_spaces import load_space
-from study.objective import Objective
-from study.run import optimize
+from study.data import load_raw
+from study.objective import search_objective
+from study.session import optimize
 from study.storage import open_storage
 from tests.test_run import _digest
 
@@ -260,7 +261,9 @@ def test_diverged_and_out_of_memory_trials_are_recorded_and_the_study_goes_on(tm
     )
     for base_lr in (1e6, 2e-3, 1e-3):  # diverges, runs out of memory, trains
         study.enqueue_trial({"base_lr": base_lr})
-    objective = Objective(load_space(str(path)), "quick", {"dataset": "digits", "device": "cpu", "seed": 0})
+    objective = search_objective(
+        load_space(str(path)), "quick", load_raw("digits", "data"), dataset="digits", device="cpu", seed=0
+    )
     lines = io.StringIO()
     optimize(study, objective, n_trials=3, quiet=True, stream=lines)
 

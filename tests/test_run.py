@@ -10,7 +10,9 @@ import pytest
 from optuna.trial import TrialState
 
 from search_spaces import load_space
-from study.objective import FINAL_KEYS, Objective
+from study.data import load_raw
+from study.objective import search_objective
+from study.records import FINAL_KEYS
 from study.storage import mask, resolve_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -116,7 +118,7 @@ def test_pruning_stops_a_trial_that_cannot_learn(tmp_path):
     # A learning rate of 1e-7 leaves the model at its initial accuracy while the first trial
     # (lr 1e-3, same seed, same batches) improves every epoch: the median pruner must stop it.
     space = _pruning_space(tmp_path)
-    objective = Objective(space, "quick", {"dataset": "digits", "device": "cpu", "seed": 0})
+    objective = search_objective(space, "quick", load_raw("digits", "data"), dataset="digits", device="cpu", seed=0)
     study = optuna.create_study(
         direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
     )

@@ -118,13 +118,14 @@ def test_missing_and_unparsable_files(tmp_path):
 
 
 def test_an_integer_parameter_is_checked_with_integer_values(tmp_path):
-    from study.objective import Objective
-    from study.run import check_space
+    from study.data import load_raw
+    from study.objective import space_config
+    from study.session import check_space
 
     path = write(
         tmp_path, VALID.replace('type = "categorical"\nchoices = [1, 2]', 'type = "int"\nlow = 1\nhigh = 4')
     )
     space = load_space(str(path))
     assert space.params["accumulation_steps"].type == "int"
-    baseline = check_space(Objective(space, "quick", {"dataset": "digits"}))
+    baseline = check_space(space, space_config(space, "quick", load_raw("digits", "data"), dataset="digits"))
     assert baseline.accumulation_steps == 1

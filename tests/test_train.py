@@ -219,7 +219,10 @@ def test_cpu_preset_learns_real_fashion_mnist(tmp_path):
     from study.data import DEBIAN_FASHION_MNIST
     from tests.conftest import require
 
-    require(DEBIAN_FASHION_MNIST.is_dir(), "Debian dataset-fashion-mnist absent: apt-get install dataset-fashion-mnist")
+    require(
+        DEBIAN_FASHION_MNIST.is_dir(),
+        "Debian dataset-fashion-mnist absent: apt-get install dataset-fashion-mnist",
+    )
     cfg = TrainConfig(
         dataset="fashion-mnist",
         data_dir=str(tmp_path),

@@ -1,9 +1,14 @@
-"""python -m analysis.report on real studies: files, importance tables, a real browser, the dashboard."""
+"""python -m analysis.report on real studies: files, importance tables, a real browser, the dashboard
+(only with --to-dashboard: without it the storage is left byte-identical)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -32,14 +37,16 @@ def importance_tables(markdown: str) -> dict[str, dict[str, list[float]]]:
 @pytest.fixture(scope="module")
 def reported(small_studies, tmp_path_factory):
     """The report of an 8-trial digits search 's8' (median pruner, so some trials are pruned), in a
-    copy of the shared storage that also holds the quick grid 'g' of digits."""
+    copy of the shared storage that also holds the quick grid 'g' of digits, published into the
+    dashboard (--to-dashboard)."""
     folder = tmp_path_factory.mktemp("report")
     shutil.copy(small_studies.removeprefix("sqlite:///"), folder / "s.db")
     url = f"sqlite:///{folder / 's.db'}"
     run = cli("study.run", "--dataset", "digits", "--space", "quick", "--budget", "quick", "--n-trials", "8",
               "--pruner", "median", "--storage", url, "--study-name", "s8", "--quiet")  # fmt: skip
     assert run.returncode == 0, run.stderr
-    proc = cli("analysis.report", "--study", "s8", "--storage", url, "--out", str(folder / "out"), "--quiet")
+    proc = cli("analysis.report", "--study", "s8", "--storage", url, "--out", str(folder / "out"), "--quiet",
+               "--to-dashboard")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return url, folder / "out", proc
 
@@ -90,12 +97,40 @@ def test_report_is_reproducible(reported, tmp_path):
     """Seeded evaluators: the same study gives the same importance tables."""
     url, out, _ = reported
     again = cli("analysis.report", "--study", "s8", "--storage", url, "--out", str(tmp_path), "--quiet",
-                "--no-dashboard", "--no-interactive")  # fmt: skip
+                "--no-interactive")  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert importance_tables((tmp_path / "report.md").read_text()) == importance_tables(
         (out / "report.md").read_text()
     )
     assert "Plotly" not in (tmp_path / "index.html").read_text()
+
+
+def test_without_to_dashboard_the_report_leaves_the_database_byte_identical(reported, tmp_path):
+    url, _, _ = reported
+    db = Path(url.removeprefix("sqlite:///"))
+    wal = db.with_name(db.name + "-wal")  # SQLite in WAL mode: a write would land here first
+
+    def content() -> tuple[str, bytes]:  # an absent WAL and an empty one hold the same: nothing
+        return hashlib.sha256(db.read_bytes()).hexdigest(), wal.read_bytes() if wal.exists() else b""
+
+    with closing(sqlite3.connect(db)) as connection:  # earlier writes into the main file, the WAL emptied
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = content()
+    proc = cli("analysis.report", "--study", "s8", "--storage", url, "--out", str(tmp_path / "r"), "--quiet",
+               "--no-interactive")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "dashboard:" not in proc.stdout
+    assert content() == before
+    assert (tmp_path / "r" / "index.html").is_file()
+
+
+def test_html_embeds_the_very_png_files_written_beside_the_markdown(reported):
+    _, out, _ = reported
+    page = (out / "index.html").read_text()
+    pngs = sorted((out / "figures").glob("*.png"))
+    assert len(pngs) >= 6
+    for png in pngs:
+        assert f'src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"' in page, png.name
 
 
 def test_html_report_opens_in_headless_chromium(reported):
@@ -216,9 +251,8 @@ def test_report_of_a_study_without_completed_trials(tmp_path):
     study = optuna.create_study(study_name="young", storage=url, direction="maximize")
     study.enqueue_trial({"x": 0.5})
     study.optimize(lambda t: t.suggest_float("x", 0, 1) * float("nan"), n_trials=1)  # NaN -> FAIL
-    proc = cli(
-        "analysis.report", "--study", "young", "--storage", url, "--out", str(tmp_path / "r"), "--quiet"
-    )
+    proc = cli("analysis.report", "--study", "young", "--storage", url, "--out", str(tmp_path / "r"), "--quiet",
+               "--to-dashboard")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     markdown = (tmp_path / "r" / "report.md").read_text()
     assert "| fail | 1 |" in markdown and "No completed trial yet." in markdown

@@ -16,7 +16,6 @@ from analysis.verdict import (
     UNDER_TRAINING,
     analyse,
     matched_epochs,
-    plot_steps,
     recovery,
     runs_from_study,
 )
@@ -109,7 +108,9 @@ def test_under_training_is_recognised_and_lr_scaling_recovers_it():
     assert none.at_steps[0]["accumulated_epoch"] == [12] and none.at_steps[0]["baseline_epochs"] == [3]
     assert abs(none.at_steps[0]["val_accuracy"]["mean"]) < 0.005
     lines = recovery(list(arms.values()))
-    assert any(line.startswith("lr scaled linear") and "recovered" in line and "not" not in line for line in lines)
+    assert any(
+        line.startswith("lr scaled linear") and "recovered" in line and "not" not in line for line in lines
+    )
 
 
 def test_overfitting_is_recognised():
@@ -192,9 +193,3 @@ def test_pseudo_replication_would_declare_what_the_runs_do_not_show():
     gap = a.at_epochs[-1]["generalization_gap"]
     assert gap["n"] == 2 and gap["low"] < 0 < gap["high"]  # the runs do not show it
     assert a.verdict != OVERFITTING
-
-
-def test_the_steps_figure_is_a_png(tmp_path):
-    study = grid("under-training", seeds=2)
-    path = plot_steps(runs_from_study(study), arm="none", n=N, path=tmp_path / "f" / "steps.png")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,240 @@
+"""A study's report as a document (``analysis.document``), section by section; nothing is written.
+
+``build`` returns the report and its summary note:
+
+* **Summary**: trials by state, compute spent, the best trial (or, for an accuracy-and-time study,
+  its Pareto front) with its parameters and metrics;
+* **Edge warnings** (``importance.edge_warnings``);
+* **Parameter importance** by fANOVA, PED-ANOVA and MDI for every target (``importance``);
+* **Figures**: history (or Pareto front), intermediate values, slice, parallel coordinates, the
+  importance bars (``analysis.figures``);
+* **Overfitting verdict and the paper's grid**, when a grid study of the same dataset is in the
+  storage: the verdict of its designed runs (``analysis.verdict``) and the comparison of the search
+  with it (``analysis.comparison``).
+
+The note is the summary, the edge warnings and the objective's importance, for the dashboard
+(``analysis.publish``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from analysis import comparison, figures, verdict
+from analysis.answer import fmt
+from analysis.document import Alert, Block, Document, Heading, Paragraph, Table, cell, plural, render_markdown
+from analysis.importance import Importance, edge_warnings, importance, searched_params
+from search_spaces import Param
+from study import records
+from study.session import load_studies
+
+TRIAL_METRICS = (
+    "val_accuracy",
+    "test_accuracy",
+    "train_accuracy",
+    "generalization_gap",
+    "train_seconds",
+    "wall_seconds",
+    "effective_batch_size",
+    "lr",
+)
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    document: Document  # the whole report
+    note: str  # its summary as markdown, for the dashboard's note
+
+
+def _trial_row(t: FrozenTrial, params: list[str]) -> list[str]:
+    return [
+        str(t.number),
+        *(cell(t.params.get(p)) for p in params),
+        *(cell(records.metric(t, m)) for m in TRIAL_METRICS),
+    ]
+
+
+def summary_blocks(study: optuna.Study, params: list[str]) -> list[Block]:
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name.lower() for t in trials)
+    finished = [t for t in trials if t.state.is_finished()]
+    epochs = sum(records.epochs_trained(t) for t in finished)
+    seconds = sum(comparison.trial_seconds(t) for t in finished)
+    attrs = study.user_attrs
+    blocks: list[Block] = [
+        Heading("Summary"),
+        Paragraph(
+            f"Study {study.study_name}: dataset {attrs.get(records.DATASET, '?')}, "
+            f"space {attrs.get(records.SPACE, '?')}, budget {attrs.get(records.BUDGET, '?')}, "
+            f"kind {records.kind(study) or '?'}, objectives {attrs.get(records.OBJECTIVES, 'accuracy')} "
+            f"({', '.join(d.name.lower() for d in study.directions)})."
+        ),
+        Table(
+            ["state", "trials"],
+            [[s, str(n)] for s, n in sorted(counts.items())] + [["all", str(len(trials))]],
+        ),
+        Paragraph(
+            f"Compute spent (finished trials, pruned and failed included): {epochs} epochs trained, "
+            f"{seconds:.1f} wall seconds ({seconds / 3600:.2f} hours)."
+        ),
+    ]
+    header = ["trial", *params, *TRIAL_METRICS]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        blocks.append(Paragraph("No completed trial yet."))
+    elif len(study.directions) > 1:
+        front = sorted(study.best_trials, key=lambda t: -t.values[0])
+        blocks.append(
+            Paragraph(
+                f"Pareto-optimal trials ({len(front)}): no other trial has both higher validation "
+                "accuracy and fewer training seconds."
+            )
+        )
+        blocks.append(Table(header, [_trial_row(t, params) for t in front]))
+    else:
+        blocks.append(Paragraph(f"Best trial: {study.best_trial.number} (last-epoch validation accuracy)."))
+        blocks.append(Table(header, [_trial_row(study.best_trial, params)]))
+    return blocks
+
+
+def edge_blocks(study: optuna.Study, params: list[str]) -> list[Block]:
+    blocks: list[Block] = [Heading("Edge warnings")]
+    warnings_ = edge_warnings(study, params)
+    if warnings_:
+        return blocks + [Alert(w) for w in warnings_]
+    return blocks + [
+        Paragraph(
+            "No numeric parameter has most (and at least 2) of the top trials in the outer 10% of its range."
+        )
+    ]
+
+
+def importance_blocks(results: list[Importance], params: list[str], seed: int) -> list[Block]:
+    blocks: list[Block] = [
+        Heading("Parameter importance"),
+        Paragraph(
+            "Normalized importance (each column sums to 1) over completed trials, by fANOVA "
+            f"(random forest, seed {seed}), PED-ANOVA (deterministic; top-quantile trials against all) "
+            f"and mean decrease impurity (random forest, seed {seed}). Few trials make all three noisy: "
+            "read agreement between the columns, not the third decimal."
+        ),
+    ]
+    if not results:
+        blocks.append(Paragraph("No sampled parameters yet: nothing to rank."))
+    for result in results:
+        names = list(result.scores)
+        blocks.append(Heading(f"Target: {result.target} ({plural(result.n_trials, 'trial')})", 3))
+        rows = [[p, *(f"{result.scores[n][p]:.3f}" for n in names)] for p in params]
+        blocks.append(Table(["parameter", *names], rows))
+        blocks += [Paragraph(f"Note: {note}") for note in dict.fromkeys(result.notes)]
+    return blocks
+
+
+def figure_blocks(
+    study: optuna.Study, results: list[Importance], params: list[str], spec: dict[str, Param]
+) -> list[Block]:
+    blocks: list[Block] = [Heading("Figures")]
+    if not results or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return blocks + [Paragraph("No figures: the study has no completed trial yet.")]
+    blocks += [figures.importance_figure(results, params), figures.history_figure(study)]
+    if (intermediate := figures.intermediate_figure(study)) is not None:
+        blocks.append(intermediate)
+    return blocks + [figures.slice_figure(study, params, spec), figures.parallel_figure(study, params, spec)]
+
+
+def verdict_blocks(study: optuna.Study, grids: list[optuna.Study]) -> list[Block]:
+    """The overfitting verdict and the grid comparison, when grid studies of the dataset exist."""
+    blocks: list[Block] = [Heading("Overfitting verdict and the paper's grid")]
+    if not grids:
+        blocks.append(
+            Paragraph(
+                "No grid study of this dataset in the storage: run python -m study.grid "
+                f"--dataset {study.user_attrs.get(records.DATASET, 'DATASET')} for the verdict and the comparison."
+            )
+        )
+        return blocks
+    # The verdict comes from the grid's designed runs only (analysis.verdict): a search's trials are
+    # selected, not sampled, and pruned at equal epochs.
+    for grid_study in grids:
+        analyses = verdict.analyse(grid_study)
+        runs = verdict.runs_from_study(grid_study)
+        blocks += [Paragraph(line) for line in verdict.recovery(analyses)]
+        for a in analyses:
+            blocks.append(
+                Heading(f"{grid_study.study_name}: lr scaling {a.arm}, accumulation {a.accumulation_steps} vs 1 "
+                        f"({len(a.seeds)} seed(s))", 3)
+            )  # fmt: skip
+            blocks.append(Paragraph(f"Verdict: {a.verdict}. {a.reason}."))
+            rows = [[f"epoch {r['epoch']}", *(fmt(r[m]) for m in verdict.METRICS)] for r in a.at_epochs]
+            rows += [
+                [f"matched steps (epoch {'/'.join(map(str, r['accumulated_epoch']))} vs "
+                 f"{'/'.join(map(str, r['baseline_epochs']))})", *(fmt(r[m]) for m in verdict.METRICS)]
+                for r in a.at_steps
+            ]  # fmt: skip
+            blocks.append(
+                Paragraph("Effect of accumulation (N minus 1), paired by seed, mean [95% CI], n = seeds:")
+            )
+            blocks.append(Table(["where", "train acc", "val acc", "gap"], rows))
+            name = f"steps-{grid_study.study_name}-{a.arm}-x{a.accumulation_steps}"
+            figure = figures.steps_figure(runs, arm=a.arm, n=a.accumulation_steps, name=name)
+            if figure is not None:
+                blocks.append(figure)
+    if records.kind(study) == records.GRID:
+        return blocks
+    search = comparison.summarize(study)
+    for grid_study in grids:
+        grid = comparison.summarize(grid_study)
+        if math.isnan(grid.best_val_accuracy) or math.isnan(search.best_val_accuracy):
+            continue
+        header, rows, line = comparison.comparison(grid, search)
+        blocks += [Heading(f"Search against grid {grid.name}", 3), Table(header, rows), Paragraph(line)]
+        curve = comparison.best_so_far(study)
+        blocks.append(figures.comparison_figure(curve, grid, search, name=f"compare-{grid.name}"))
+    return blocks
+
+
+def matching_grids(study: optuna.Study, url: str) -> list[optuna.Study]:
+    """The grid studies of the study's dataset in the storage at ``url``."""
+    dataset = study.user_attrs.get(records.DATASET)
+    names = [
+        s.study_name
+        for s in optuna.get_all_study_summaries(storage=url, include_best_trial=False)
+        if records.kind(s) == records.GRID and s.user_attrs.get(records.DATASET) == dataset
+    ]
+    return load_studies(names, url) if names else []
+
+
+def build(
+    study: optuna.Study, url: str, out: Path, *, seed: int = 0, log: Callable[[str], None] = lambda _: None
+) -> StudyReport:
+    """The report of ``study`` and its summary note. Grid studies of the same dataset are looked
+    for in the storage at ``url``; ``out`` is the folder the caller will write the report to (the
+    note names it)."""
+    params, spec = searched_params(study)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    head = summary_blocks(study, params) + edge_blocks(study, params)
+    log(f"importance: {len(params)} parameters, {len(complete)} completed trials, 3 evaluators")
+    results = importance(study, params, seed=seed) if params else []
+    if results and complete:
+        log("figures")
+    figure_part = figure_blocks(study, results, params, spec)
+    log("verdict and grid comparison")
+    blocks = [*head, *importance_blocks(results, params, seed), *figure_part]
+    blocks += verdict_blocks(study, matching_grids(study, url))
+    document = Document(f"Study report: {study.study_name}", tuple(blocks))
+
+    note = render_markdown(Document(f"Report summary: {study.study_name}", tuple(head)))
+    if results:
+        note += "\n" + render_markdown(Document("", tuple(importance_blocks(results[:1], params, seed))))
+    note += (
+        f"\n\nFull report (figures, importance for every target, verdict): `{out / 'index.html'}`, "
+        f"written by `python -m analysis.report --study {study.study_name}`.\n"
+    )
+    return StudyReport(document, note)

@@ -1,0 +1,156 @@
+"""What a study and its trials store, named in one place: written here, read back through here.
+
+Optuna keeps free-form ``user_attrs`` on studies and trials; this module is the schema. The
+objective writes a run's record with ``write_run``; the commands mark what kind of study they
+created (``KIND``); the analysis reads through ``config``, ``history``, ``checkpoints``,
+``metric`` and ``kind`` instead of bare strings.
+
+A study's kind:
+    ``grid``: designed runs of ``study.grid`` (fixed parameters, every run recorded at its epoch
+    points); ``search``: an Optuna search of a space (``study.run``), its trials *selected* by the
+    sampler and possibly pruned; ``replicate``: re-runs of a search's chosen trials over fresh seeds
+    (``study.replicate``), designed runs again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+# --- study attrs ---------------------------------------------------------------------------------
+KIND = "kind"
+GRID, SEARCH, REPLICATE = "grid", "search", "replicate"
+DATASET = "dataset"
+SPACE = "space"
+BUDGET = "budget"
+OBJECTIVES = "objectives"  # "accuracy" or "accuracy,time"
+EPOCH_POINTS = "epoch_points"  # grid: the epochs recorded whole (the paper's 10/20/50 or 1:2:5)
+ARMS = "arms"  # grid: lr-scaling arms of the accumulated runs
+N_GAO = "n_gao"  # grid: the accumulation value besides 1
+ROLES = "roles"  # search: parameter -> scientific / nuisance / fixed
+SPACE_DESCRIPTION = "space_description"
+SOURCE_STUDY = "source_study"  # replicate: the study whose trials are re-run
+
+# What ``--objectives`` can ask for: name -> (final metric returned, direction).
+OBJECTIVE_METRICS = {
+    "accuracy": ("val_accuracy", "maximize"),  # the last epoch's validation accuracy
+    "time": ("train_seconds", "minimize"),  # training seconds (evaluation excluded): the paper's cost
+}
+
+# --- trial attrs ---------------------------------------------------------------------------------
+CONFIG = "config"  # every resolved TrainConfig value, with effective batch and scaled lr
+HISTORY = "history"  # per-epoch series, HISTORY_KEYS
+CHECKPOINTS = "checkpoints"  # grid: {"10": {...CHECKPOINT_KEYS}, ...}
+STATUS = "status"  # completed, stopped, diverged, error, interrupted
+ENVIRONMENT = "environment"  # device, parameter count, package versions, git commit
+FAIL_REASON = "fail_reason"
+WORKER = "worker"  # host:pid of the process that ran the attempt
+BASELINE = "baseline"  # search: the enqueued paper-protocol trial
+# User attrs that describe one attempt at a trial (which process ran it, how it ended), not its
+# configuration: a retry starts without them.
+ATTEMPT_ATTRS = (WORKER, STATUS, FAIL_REASON)
+
+# Per-epoch series stored on each trial (user attr HISTORY), for the overfitting analysis.
+HISTORY_KEYS = (
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "generalization_gap",
+    "optimizer_steps",
+    "samples_seen",
+    "wall_seconds",
+    "train_seconds",
+)
+# Recorded at each checkpoint epoch (user attr CHECKPOINTS).
+CHECKPOINT_KEYS = (
+    "train_accuracy",
+    "val_accuracy",
+    "test_accuracy",
+    "generalization_gap",
+    "optimizer_steps",
+    "samples_seen",
+    "wall_seconds",
+    "train_seconds",
+)
+# Final metrics stored as user attrs, under the names of study.train's JSON "final".
+FINAL_KEYS = (
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "generalization_gap",
+    "optimizer_steps",
+    "samples_seen",
+    "wall_seconds",
+    "train_seconds",
+    "images_per_second",
+    "peak_memory_bytes",
+    "lr",
+    "effective_batch_size",
+    "micro_batch_size",
+    "epochs_trained",
+)
+
+
+# --- writing -------------------------------------------------------------------------------------
+def write_run(
+    trial: optuna.Trial,
+    record: dict[str, Any],
+    *,
+    environment: dict[str, Any],
+    checkpoints: tuple[int, ...] = (),
+) -> None:
+    """Store a finished run on its trial: status, environment, the final metrics (FINAL_KEYS), the
+    per-epoch history (HISTORY_KEYS) and, at the ``checkpoints`` epochs, the run whole.
+
+    ``record`` is ``TrainResult.to_dict()`` (NaN already None, so the storage holds valid JSON).
+    Each user attr is one storage transaction, so related values are grouped.
+    """
+    trial.set_user_attr(STATUS, record["status"])
+    trial.set_user_attr(ENVIRONMENT, environment)
+    for key in FINAL_KEYS:
+        trial.set_user_attr(key, record["final"][key])
+    epochs = record["history"]
+    trial.set_user_attr(HISTORY, {k: [m[k] for m in epochs] for k in HISTORY_KEYS})
+    if checkpoints:
+        trial.set_user_attr(
+            CHECKPOINTS,
+            {
+                str(m["epoch"]): {k: m[k] for k in CHECKPOINT_KEYS}
+                for m in epochs
+                if m["epoch"] in checkpoints
+            },
+        )
+
+
+# --- reading -------------------------------------------------------------------------------------
+def kind(study: optuna.Study | Any) -> str | None:
+    """The kind of a study (GRID, SEARCH, REPLICATE), or None for a study made elsewhere.
+    Takes a Study or anything with ``user_attrs`` (a FrozenStudy)."""
+    return study.user_attrs.get(KIND)
+
+
+def config(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+    return trial.user_attrs.get(CONFIG)
+
+
+def history(trial: optuna.trial.FrozenTrial) -> dict[str, list[float]] | None:
+    return trial.user_attrs.get(HISTORY)
+
+
+def checkpoints(trial: optuna.trial.FrozenTrial) -> dict[str, dict[str, float]]:
+    return trial.user_attrs.get(CHECKPOINTS) or {}
+
+
+def metric(trial: optuna.trial.FrozenTrial, name: str) -> Any:
+    """A final metric (FINAL_KEYS) of a trial, None when not recorded."""
+    return trial.user_attrs.get(name)
+
+
+def epochs_trained(trial: optuna.trial.FrozenTrial) -> int:
+    """Epochs a trial trained (a pruned trial's too; its reports when nothing else was stored)."""
+    return int(trial.user_attrs.get("epochs_trained", len(trial.intermediate_values)))

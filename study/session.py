@@ -1,0 +1,357 @@
+"""The study library: opening, creating and checking studies; samplers, pruners, optimize, runs.
+
+The commands (``study.run``, ``study.grid``, ``study.replicate``, ``study.experiment`` and the
+analysis commands) parse and check their flags, then call these functions; no command imports
+another. What a trial stores is named in ``study.records``; where the storage is and how it is
+tuned, in ``study.storage``; what happens when a process stops, in ``study.workers``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from search_spaces import SearchSpace, SpaceError
+from study import records
+from study.config import TrainConfig
+from study.records import OBJECTIVE_METRICS
+from study.storage import (
+    DEFAULT_STORAGE,
+    STORAGE_ENV,
+    StorageError,
+    mask,
+    open_storage,
+    resolve_url,
+    study_exists,
+    tune_for_writing,
+)
+from study.workers import optimize_guarded, settled, supervise
+
+if TYPE_CHECKING:  # the objective imports torch; opening a study for analysis must not
+    from study.objective import Objective
+
+SAMPLERS = ("tpe", "qmc", "random")
+PRUNERS = ("hyperband", "median", "none")
+BUDGETS = ("quick", "cpu", "standard")
+EXPERIMENT_SPACE = "overfitting"  # the search space of study.experiment
+
+
+class StudyError(ValueError):
+    """A user-facing problem with a study: unknown name, unusable storage, a clashing resume,
+    nothing to analyse. Commands print it as one line and exit 2."""
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        # constant_liar keeps parallel workers from sampling the same point while trials run
+        return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed)
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def sampler_seed(seed: int, worker_index: int | None, n_existing: int) -> int:
+    """``seed`` for a new study's first process; otherwise a seed derived from (seed, worker index,
+    trials already in the study), so that workers and resumed runs draw new points, reproducibly."""
+    if not worker_index and not n_existing:
+        return seed
+    return int(np.random.SeedSequence([seed, worker_index or 0, n_existing]).generate_state(1)[0])
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def check_space(space: SearchSpace, config: Callable[[dict[str, Any]], TrainConfig]) -> TrainConfig:
+    """Build (``config``: params -> TrainConfig) the config of the baseline and of every edge of
+    every parameter, so a space that cannot run on this dataset (say an effective batch larger
+    than the training set) fails now, not in trial 7. Returns the baseline's config.
+
+    Raises:
+        SpaceError: naming the parameter and value that cannot run.
+    """
+    lowest = {name: p.choices[0] if p.type == "categorical" else p.low for name, p in space.params.items()}
+    start = {**lowest, **space.baseline}
+    baseline = config(start)
+    for name, p in space.params.items():
+        for value in p.choices if p.type == "categorical" else (p.low, p.high):
+            try:
+                config({**start, name: value})
+            except ValueError as exc:
+                raise SpaceError(f"{space.path}: params.{name} = {value!r} cannot run: {exc}") from None
+    return baseline
+
+
+def format_trial(trial: FrozenTrial, prefix: str = "") -> str:
+    """One line per finished trial: state, the deciding numbers, params, seconds."""
+    params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    if trial.state == TrialState.COMPLETE:
+        outcome = (
+            f"val acc {trial.values[0]:.4f}  train acc {_number(trial, 'train_accuracy'):.4f}  "
+            f"gap {_number(trial, 'generalization_gap'):+.4f}"
+            + (f"  train {trial.values[1]:.1f}s" if len(trial.values) > 1 else "")
+        )
+    elif trial.state == TrialState.PRUNED:
+        outcome = f"pruned after epoch {records.epochs_trained(trial)}"
+    else:
+        outcome = trial.user_attrs.get(records.FAIL_REASON, "failed")
+    seconds = trial.duration.total_seconds() if trial.duration else 0.0
+    return f"{prefix}trial {trial.number} {trial.state.name}: {outcome}  ({params})  {seconds:.1f}s"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _number(trial: FrozenTrial, name: str) -> float:
+    value = records.metric(trial, name)
+    return float("nan") if value is None else value
+
+
+def summary(study: optuna.Study, url: str) -> str:
+    """The end of a command: trials by state, the best trial or the Pareto front, what to run next."""
+    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
+    lines = [
+        f"study {study.study_name}: {sum(counts.values())} trials ("
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        + ")"
+    ]
+    completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if completed and len(study.directions) > 1:
+        front = sorted(study.best_trials, key=lambda t: -t.values[0])
+        lines.append(f"Pareto front (val acc up, train seconds down): {len(front)} trial(s)")
+        lines += [
+            f"  trial {t.number}: val acc {t.values[0]:.4f}, train {t.values[1]:.1f}s  ("
+            + ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+            + ")"
+            for t in front
+        ]
+    elif completed:
+        best = study.best_trial
+        lines.append(
+            f"best: trial {best.number}, val acc {best.value:.4f}, test acc {_number(best, 'test_accuracy'):.4f}, "
+            f"gap {_number(best, 'generalization_gap'):+.4f}, "
+            f"effective batch {records.metric(best, 'effective_batch_size')}, lr {_number(best, 'lr'):.3g}"
+        )
+        lines.append("  params: " + ", ".join(f"{k}={_short(v)}" for k, v in best.params.items()))
+    storage_flag = "" if url == DEFAULT_STORAGE else f" --storage '{mask(url)}'"
+    lines.append(f"browse:  python -m study.dashboard{storage_flag}")
+    lines.append(f"report:  python -m analysis.report --study {study.study_name}{storage_flag}")
+    return "\n".join(lines)
+
+
+def run_worker_processes(
+    study: optuna.Study,
+    url: str,
+    *,
+    total: int,
+    workers: int,
+    command: Callable[[int, int], list[str]],
+    prog: str,
+    quiet: bool,
+) -> int:
+    """Start ``workers`` processes (``command(index, share) -> argv``) that run ``total`` trials of
+    ``study`` between them in exact shares, replace any that a signal kills
+    (``study.workers.supervise``), and show the progress read from the storage. Returns 0 when
+    every share finished."""
+    env = {**os.environ, STORAGE_ENV: url}  # the URL (and any password) stays off the command line
+    # One process per worker, each with all the cores' threads, would oversubscribe the CPU
+    # (two workers on two cores ran a quick trial 100x slower): split the cores among them.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    bar = progress_bar(total, quiet=quiet)
+    try:
+        return supervise(
+            study,
+            shares(total, workers),
+            command,
+            env,
+            prog=prog,
+            progress=lambda done: bar.update(done - bar.n),
+        )
+    finally:
+        bar.close()
+
+
+def progress_bar(total: int, *, quiet: bool) -> tqdm:
+    """A bar over trials, on a terminal only (logs get the one line per finished trial)."""
+    return tqdm(
+        total=total, desc="trials", unit="trial", file=sys.stderr, disable=quiet or not sys.stderr.isatty()
+    )
+
+
+def shares(total: int, workers: int) -> list[int]:
+    """Split ``total`` trials over workers as evenly as possible (exact total, no overshoot)."""
+    return [total // workers + (1 if i < total % workers else 0) for i in range(workers)]
+
+
+def open_study(
+    url: str,
+    study_name: str,
+    identity: dict[str, Any],
+    *,
+    sampler: optuna.samplers.BaseSampler,
+    pruner: optuna.pruners.BasePruner,
+    objectives: tuple[str, ...] = ("accuracy",),
+) -> tuple[optuna.Study, bool]:
+    """Create or resume ``study_name``; refuses to resume a study whose identity
+    (dataset, space or design, budget, objectives) differs. Returns the study and whether it existed.
+
+    Raises:
+        StudyError: the storage is unusable, or the existing study was created otherwise.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = open_storage(url)
+        exists = study_exists(storage, study_name)
+    except StorageError as exc:
+        raise StudyError(str(exc)) from None
+    if exists:
+        existing = optuna.load_study(study_name=study_name, storage=storage)
+        previous = existing.user_attrs
+        clash = {k: previous[k] for k in identity if k in previous and previous[k] != identity[k]}
+        if [d.name.lower() for d in existing.directions] != [
+            OBJECTIVE_METRICS[name][1] for name in objectives
+        ]:
+            directions = ",".join(d.name.lower() for d in existing.directions)
+            clash["objectives"] = previous.get("objectives", f"direction(s) {directions}")
+        if clash:
+            found = ", ".join(f"{k}={v}" for k, v in clash.items())
+            raise StudyError(f"study {study_name!r} was created with {found}; pick another --study-name")
+    tune_for_writing(storage)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        directions=[OBJECTIVE_METRICS[name][1] for name in objectives],
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    if not exists:
+        with warnings.catch_warnings():  # experimental in Optuna, but only labels the dashboard's axes
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_METRICS[name][0] for name in objectives])
+        for key, value in identity.items():
+            study.set_user_attr(key, value)
+    return study, exists
+
+
+def optimize(
+    study: optuna.Study,
+    objective: Objective,
+    *,
+    n_trials: int,
+    timeout: float | None = None,
+    quiet: bool = False,
+    prefix: str = "",
+    stream: TextIO = sys.stdout,
+) -> None:
+    """``study.optimize`` with a progress bar and one line per finished trial (on ``stream``)."""
+    bar = progress_bar(n_trials, quiet=quiet)
+
+    def on_trial_end(_: optuna.Study, trial: FrozenTrial) -> None:
+        bar.update(1)
+        # one write per line: lines of workers sharing a terminal or pipe never interleave
+        tqdm.write(format_trial(trial, prefix) + "\n", file=stream, end="")
+
+    try:
+        optimize_guarded(  # Ctrl-C: the running trial is failed as "interrupted" and queued again
+            study,
+            objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            callbacks=[on_trial_end],
+            # A trial that raises at run time (CUDA out of memory, a kernel error) is recorded as
+            # FAIL with its message and the study goes on; programming errors still stop it.
+            catch=(RuntimeError,),
+        )
+    finally:
+        bar.close()
+
+
+def _matches(params: dict[str, Any], other: dict[str, Any]) -> bool:
+    return all(other.get(k) == v for k, v in params.items())
+
+
+def missing_runs(study: optuna.Study, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The fixed-parameter runs of ``wanted`` without a settled trial (``study.workers.settled``:
+    a killed or interrupted run is still missing), so a resumed grid or replication runs only
+    what is missing."""
+    done = [t.params for t in study.get_trials(deepcopy=False) if settled(t)]
+    return [params for params in wanted if not any(_matches(params, p) for p in done)]
+
+
+def enqueue_runs(study: optuna.Study, runs: list[dict[str, Any]]) -> None:
+    """Enqueue each run's parameters, unless a copy of it (a retry) is already queued, so that
+    exactly ``len(runs)`` queued trials stand for ``runs``."""
+    queued = [
+        t.system_attrs.get("fixed_params", {})
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    ]
+    for params in runs:
+        if not any(_matches(params, q) for q in queued):
+            study.enqueue_trial(params)
+
+
+def run_enqueued(
+    study: optuna.Study,
+    objective: Objective,
+    runs: list[dict[str, Any]],
+    *,
+    quiet: bool,
+    stream: TextIO = sys.stdout,
+) -> None:
+    """Enqueue ``runs`` (``enqueue_runs``) and optimize exactly that many trials."""
+    enqueue_runs(study, runs)
+    if runs:
+        optimize(study, objective, n_trials=len(runs), quiet=quiet, stream=stream)
+
+
+def existing_storage(url: str | None) -> tuple[str, optuna.storages.BaseStorage]:
+    """Resolve ``url`` (``study.storage.resolve_url``) and open a storage that must already exist,
+    for reading or browsing: returns the URL and the storage; never creates a database.
+
+    Raises:
+        StudyError: the URL is malformed, or the storage does not exist or is unusable.
+    """
+    try:
+        resolved = resolve_url(url)
+        return resolved, open_storage(resolved, create=False)
+    except StorageError as exc:
+        raise StudyError(str(exc)) from None
+
+
+def load_studies(names: list[str], storage: str | None) -> list[optuna.Study]:
+    """Load existing studies for reading; never creates a database or a study.
+
+    Raises:
+        StudyError: the storage does not exist or is unusable, or a study is not in it.
+    """
+    url, rdb = existing_storage(storage)
+    known = [s.study_name for s in rdb.get_all_studies()]
+    studies = []
+    for name in names:
+        if name not in known:
+            listing = ", ".join(sorted(known)[:10]) or "none"
+            raise StudyError(f"no study {name!r} in {mask(url)}; studies there: {listing}")
+        studies.append(optuna.load_study(study_name=name, storage=rdb))
+    return studies
+
+
+def experiment_study_names(dataset: str, budget: str) -> dict[str, str]:
+    """The studies of one experiment (``study.experiment``), named so that each command's default
+    would match: the grid, the search and the replication of its best configurations."""
+    search = f"{dataset}-{EXPERIMENT_SPACE}-{budget}"
+    return {"grid": f"{dataset}-grid-{budget}", "search": search, "replicate": f"{search}-replicate"}

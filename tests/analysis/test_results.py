@@ -1,0 +1,46 @@
+"""python -m analysis.results: an experiment's results folder from a synthetic grid study, the
+storage only read."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+from tests.analysis.test_overfitting import stored
+
+
+def results(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "analysis.results", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_results_folder_from_the_grid_alone(tmp_path):
+    url = stored(tmp_path, "under-training", name="fashion-mnist-grid-cpu")
+    db = tmp_path / "v.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    proc = results("--dataset", "fashion-mnist", "--budget", "cpu", "--storage", url, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    for name in ("report.md", "verdict.json", "grid-runs.csv", "grid-history.csv", "records/grid.jsonl",
+                 "figures/steps-none-x4.png"):  # fmt: skip
+        assert (out / name).is_file(), name
+        assert str(out / name) in proc.stdout.splitlines(), name
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert [a["verdict"] for a in verdict["arms"]] == ["under-training"]
+    assert (
+        "![accuracy against optimizer steps and epochs, arm none](figures/steps-none-x4.png)"
+        in (out / "report.md").read_text()
+    )
+    assert not (out / "search-trials.csv").exists()  # no search study: skipped
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+
+
+def test_results_without_a_grid_exits_2_with_one_line(tmp_path):
+    url = stored(tmp_path, "under-training", name="another-name")
+    proc = results(
+        "--dataset", "fashion-mnist", "--budget", "cpu", "--storage", url, "--out", str(tmp_path / "o")
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "no grid study 'fashion-mnist-grid-cpu'" in proc.stderr
+    assert not (tmp_path / "o").exists()
