@@ -207,16 +207,29 @@ def tune_for_writing(storage: RDBStorage) -> None:
     and readers no longer block the writer when several workers share the file. Durability: a
     power cut may lose the last commits, never corrupt the file (SQLite's WAL guarantee).
     WAL mode is recorded in the file, so this is called only once the command is sure to write:
-    read-only tools and rejected commands leave the file byte-for-byte as it was."""
+    read-only tools and rejected commands leave the file byte-for-byte as it was.
+
+    Every transaction starts with ``BEGIN IMMEDIATE`` (it takes SQLite's write lock at once).
+    Optuna hands a queued trial to a worker by reading that it is WAITING and then marking it
+    RUNNING, locked with ``SELECT ... FOR UPDATE``, which SQLite ignores; pysqlite's default
+    ``BEGIN`` only at the first write left the two steps unprotected, so two workers popping at
+    once could both run the same queued trial (seen with ``study.grid --workers 2``: 8 of 40
+    trials handed out twice in ``tests/test_storage.py``'s race, and a crash at ``tell``). Readers
+    still never wait in WAL mode; writers wait for each other (``SQLITE_BUSY_TIMEOUT``)."""
     if storage.engine.dialect.name != "sqlite":
         return
 
     @event.listens_for(storage.engine, "connect")
     def _pragmas(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite begins nothing itself: "begin" below does
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+    @event.listens_for(storage.engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     storage.engine.dispose()  # connections opened while Optuna created the tables lack the pragmas
 
