@@ -60,6 +60,8 @@ class TrainConfig:
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         compile: Wrap the model in ``torch.compile``.
+        noise_scale: Measure the gradient noise scale each epoch (``study.noise``): micro-batch vs
+            effective-batch gradients, or two halves of the batch without accumulation.
     """
 
     dataset: str = "digits"
@@ -87,6 +89,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    noise_scale: bool = False
 
     def __post_init__(self) -> None:
         validate(self)
@@ -189,6 +192,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(
             f"batch_size {cfg.batch_size} must be divisible by accumulation_steps "
             f"{cfg.accumulation_steps} under the memory protocol (micro-batch = batch / steps)"
+        )
+    if cfg.noise_scale and cfg.micro_batch_size == cfg.effective_batch_size and cfg.effective_batch_size % 2:
+        raise ValueError(
+            f"noise_scale splits a batch without accumulation into two halves; batch "
+            f"{cfg.effective_batch_size} is odd (use an even batch or accumulation_steps >= 2)"
         )
     if not cfg.base_lr > 0 or not math.isfinite(cfg.base_lr):
         raise ValueError(f"base_lr must be a positive number; got {cfg.base_lr!r}")

@@ -4,7 +4,8 @@ One command answers the project's question for a dataset at a budget:
 
 1. **the grid** (``study.grid``): the paper's fixed grid with learning-rate arms (``none``, ``linear``,
    ``sqrt``: the accumulated runs scale the lr by N or sqrt N; the accumulation-1 runs are shared by
-   all arms), over ``--seeds`` seeds. This is the controlled test the verdict is drawn from;
+   all arms), over ``--seeds`` seeds. This is the controlled test the verdict is drawn from; its
+   runs measure the gradient noise scale (``study.noise``) that says why accumulation costs accuracy;
 2. **the search** (``study.run``): ``--n-trials`` trials of the overfitting space (Hyperband
    pruning, as users run it);
 3. **the replication** (``study.replicate``): the best searched configuration for accumulation 1
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "1/4 the grid",
         "study.grid",
         [*common, "--seeds", str(args.seeds), "--n-gao", str(args.n_gao), "--lr-scaling", ",".join(arms),
-         "--study-name", names["grid"], "--workers", str(args.workers)],
+         "--study-name", names["grid"], "--workers", str(args.workers), "--noise-scale"],
         env,
     )  # fmt: skip
     remaining = args.n_trials - settled_trials(url, names["search"])

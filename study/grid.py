@@ -134,12 +134,21 @@ class GridDesign:
 
 
 def grid_design(
-    *, n_gao: int, seeds: int, budget: str, base_lr: float, arms: tuple[str, ...] = ("none",)
+    *,
+    n_gao: int,
+    seeds: int,
+    budget: str,
+    base_lr: float,
+    arms: tuple[str, ...] = ("none",),
+    noise_scale: bool = False,
 ) -> GridDesign:
-    """The grid: batch_size x accumulation_steps x lr_scaling x seed at the budget's scale."""
+    """The grid: batch_size x accumulation_steps x lr_scaling x seed at the budget's scale;
+    ``noise_scale`` makes every run measure the gradient noise scale (study.noise)."""
     scale = GRID_BUDGETS[budget]
     points = scale.epoch_points
     settings = {**PAPER_PROTOCOL, "base_lr": base_lr, "epochs": max(points), "model": scale.model}
+    if noise_scale:
+        settings["noise_scale"] = True
     del settings["lr_scaling"]  # a grid parameter: the arm of an accumulated run
     if scale.train_subset is not None:
         settings["train_subset"] = scale.train_subset
@@ -182,6 +191,12 @@ def build_parser() -> ArgumentParser:
         help="comma-separated arms for the accumulated runs: none (the paper), linear (lr x N), sqrt "
         "(lr x sqrt N); the accumulation-1 runs are shared by all arms (default: none)",
     )
+    parser.add_argument(
+        "--noise-scale",
+        action="store_true",
+        help="every run measures the gradient noise scale per epoch (micro-batch vs effective-batch "
+        "gradients; two halves of the batch without accumulation); under 5%% of the training time",
+    )
     parser.add_argument("--study-name", help="default: DATASET-grid-BUDGET; an existing grid is resumed")
     add_storage_flag(parser)
     parser.add_argument(
@@ -212,7 +227,7 @@ def worker_command(args: argparse.Namespace, study_name: str) -> Callable[[int, 
             "--base-lr", repr(args.base_lr), "--lr-scaling", args.lr_scaling, "--study-name", study_name,
             "--budget", args.budget, "--device", args.device, "--data-dir", args.data_dir,
             "--worker-index", str(index), "--worker-runs", str(share), "--quiet",
-        ]  # fmt: skip
+        ] + (["--noise-scale"] if args.noise_scale else [])  # fmt: skip
 
     return command
 
@@ -234,7 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROG, f"--lr-scaling takes arms of {', '.join(LR_SCALING_EXPONENTS)}; got {args.lr_scaling!r}")
     budget_note = resolve_budget(args)
     design = grid_design(
-        n_gao=args.n_gao, seeds=args.seeds, budget=args.budget, base_lr=args.base_lr, arms=arms
+        n_gao=args.n_gao,
+        seeds=args.seeds,
+        budget=args.budget,
+        base_lr=args.base_lr,
+        arms=arms,
+        noise_scale=args.noise_scale,
     )
     run = {"dataset": args.dataset, "data_dir": args.data_dir, "device": args.device}
     try:

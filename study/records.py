@@ -63,6 +63,9 @@ HISTORY_KEYS = (
     "wall_seconds",
     "train_seconds",
 )
+# Added to HISTORY by runs that measure the gradient noise scale (TrainConfig.noise_scale; the
+# names of study.noise.NOISE_KEYS, which this module does not import: it loads no torch).
+NOISE_KEYS = ("grad_norm_sq", "grad_trace_sigma", "grad_noise_scale")
 # Recorded at each checkpoint epoch (user attr CHECKPOINTS).
 CHECKPOINT_KEYS = (
     "train_accuracy",
@@ -105,7 +108,7 @@ def write_run(
     checkpoints: tuple[int, ...] = (),
 ) -> None:
     """Store a finished run on its trial: status, environment, the final metrics (FINAL_KEYS), the
-    per-epoch history (HISTORY_KEYS) and, at the ``checkpoints`` epochs, the run whole.
+    per-epoch history (HISTORY_KEYS, and NOISE_KEYS when measured) and, at the ``checkpoints`` epochs, the run whole.
 
     ``record`` is ``TrainResult.to_dict()`` (NaN already None, so the storage holds valid JSON).
     Each user attr is one storage transaction, so related values are grouped.
@@ -115,7 +118,8 @@ def write_run(
     for key in FINAL_KEYS:
         trial.set_user_attr(key, record["final"][key])
     epochs = record["history"]
-    trial.set_user_attr(HISTORY, {k: [m[k] for m in epochs] for k in HISTORY_KEYS})
+    keys = HISTORY_KEYS + tuple(k for k in NOISE_KEYS if epochs and k in epochs[0])
+    trial.set_user_attr(HISTORY, {k: [m[k] for m in epochs] for k in keys})
     if checkpoints:
         trial.set_user_attr(
             CHECKPOINTS,

@@ -22,6 +22,7 @@ from study.config import TrainConfig
 from study.data import DataSplits, RawDataset, augment, epoch_batches, load_raw, make_splits, normalize
 from study.jsonsafe import finite_or_none
 from study.model import Geometry, build_model, count_parameters, geometry_for
+from study.noise import NOISE_KEYS, NoiseScaleMeter, measurement_parts
 
 EVAL_BATCH_SIZE = 1024
 # How often (in optimizer steps) the running loss is checked for NaN/inf. Each check is a device
@@ -51,6 +52,20 @@ class EpochMetrics:
     images_per_second: float  # this epoch's training samples / its training seconds
     peak_memory_bytes: int
     test_accuracy: float | None = None  # only at the epochs train() was asked to test (test_at)
+    # Gradient noise scale (study.noise), only when TrainConfig.noise_scale is on: the epoch's
+    # mean estimates of |G|^2 and tr(Sigma), and B_simple = tr(Sigma) / |G|^2.
+    grad_norm_sq: float | None = None
+    grad_trace_sigma: float | None = None
+    grad_noise_scale: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metrics as a dict; without a noise measurement the noise keys are left out, so a
+        run without the option records exactly what it did before the option existed."""
+        out = asdict(self)
+        if self.grad_noise_scale is None:
+            for key in NOISE_KEYS:
+                del out[key]
+        return out
 
 
 @dataclass
@@ -69,7 +84,7 @@ class TrainResult:
             {
                 "status": self.status,
                 "config": self.config,
-                "history": [asdict(m) for m in self.history],
+                "history": [m.as_dict() for m in self.history],
                 "final": self.final,
                 "device": self.device,
                 "num_parameters": self.num_parameters,
@@ -226,6 +241,11 @@ def train(
     augment_generator = torch.Generator(device=device).manual_seed(cfg.seed)
     micro, effective = cfg.micro_batch_size, cfg.effective_batch_size
     n_micro = effective // micro
+    meter = None
+    if cfg.noise_scale:  # a run without accumulation is split in two halves, for the measurement only
+        n_micro = measurement_parts(n_micro)
+        micro = effective // n_micro
+        meter = NoiseScaleMeter(model.parameters(), small=micro, parts=n_micro)
     num_train = len(data.train_labels)
     steps_per_epoch = num_train // effective
     total_steps = steps_per_epoch * cfg.epochs
@@ -277,6 +297,10 @@ def train(
                 # then the gradient of the effective batch's mean loss, exactly.
                 (loss / n_micro if n_micro > 1 else loss).backward()
                 loss_sum += loss.detach()  # divided by n_micro once, at the end of the epoch
+                if meter is not None:
+                    meter.micro_batch_done()
+            if meter is not None:
+                meter.step_done()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -312,6 +336,7 @@ def train(
             images_per_second=epoch_steps * effective / max(epoch_train_seconds, 1e-9),
             peak_memory_bytes=_peak_memory_bytes(device),
             test_accuracy=test_acc,
+            **(meter.epoch_values() if meter is not None else {}),
         )
         history.append(metrics)
         if status == DIVERGED:
@@ -324,7 +349,7 @@ def train(
         net, data.test_images, data.test_labels, data, autocast=autocast, channels_last=channels_last
     )
     last = history[-1]
-    final = asdict(last)
+    final = last.as_dict()
     final.update(
         test_loss=test_loss,
         test_accuracy=test_acc,
@@ -332,7 +357,7 @@ def train(
         wall_seconds=time.perf_counter() - start,
         lr=cfg.lr,  # the scaled peak rate; the per-epoch history has the scheduled values
         effective_batch_size=effective,
-        micro_batch_size=micro,
+        micro_batch_size=cfg.micro_batch_size,
         epochs_trained=len(history),
     )
     return TrainResult(

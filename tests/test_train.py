@@ -45,10 +45,18 @@ PROTOCOL_PAIRS = [
 ]
 
 
+@pytest.mark.parametrize("noise_scale", [False, True])  # measuring the noise scale changes no update
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 @pytest.mark.parametrize(("one_batch", "accumulated"), PROTOCOL_PAIRS)
-def test_accumulation_is_exact(one_batch, accumulated, optimizer):
-    base = tiny(dropout=0.0, drop_path=0.0, attn_dropout=0.0, weight_decay=0.05, optimizer=optimizer)
+def test_accumulation_is_exact(one_batch, accumulated, optimizer, noise_scale):
+    base = tiny(
+        dropout=0.0,
+        drop_path=0.0,
+        attn_dropout=0.0,
+        weight_decay=0.05,
+        optimizer=optimizer,
+        noise_scale=noise_scale,
+    )
     a = train(base.replace(**one_batch))
     b = train(base.replace(**accumulated))
     assert a.final["optimizer_steps"] == b.final["optimizer_steps"] == 10  # 2 epochs x 160 // 32

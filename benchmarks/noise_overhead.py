@@ -1,0 +1,78 @@
+"""What measuring the gradient noise scale costs: training seconds with ``noise_scale`` on vs off.
+
+Side by side in one process, same preset, data, seed and batches (Fashion-MNIST, from Debian's
+package or ``--data-dir``), for each setting of the grid that matters: no accumulation (the
+measurement splits the batch into two halves) and accumulation 4. The runs alternate off/on
+``--repeats`` times and the ratio of the median training seconds is printed; the issue's target is
+under 5% (a ratio below 1.05).
+
+Usage::
+
+    python -m benchmarks.noise_overhead                     # CPU or GPU, whichever is there
+    python -m benchmarks.noise_overhead --images 10240 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from study.config import TrainConfig
+from study.data import RawDataset, load_raw
+from study.train import resolve_device, train
+
+
+def train_seconds(cfg: TrainConfig, raw: RawDataset) -> float:
+    """Training seconds (evaluation excluded) of the run's epochs after the first (warm-up)."""
+    history = train(cfg, raw=raw).history
+    return history[-1].train_seconds - history[0].train_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=None, help="preset (default: swin-nano on CPU, swin-micro on GPU)")
+    parser.add_argument("--images", type=int, default=5_120, help="training images per epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per run (the first is not timed)")
+    parser.add_argument("--repeats", type=int, default=3, help="off/on pairs per setting")
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
+    raw = load_raw("fashion-mnist", args.data_dir)
+    base = TrainConfig(
+        dataset="fashion-mnist",
+        data_dir=args.data_dir,
+        model=args.model or ("swin-micro" if on_gpu else "swin-nano"),
+        epochs=args.epochs,
+        train_subset=args.images,
+        val_size=1000,
+        train_eval_size=256,
+        device=args.device,
+    )
+    name = torch.cuda.get_device_name(device) if on_gpu else f"cpu ({torch.get_num_threads()} threads)"
+    print(
+        f"device: {name}; model {base.model}; {args.images} Fashion-MNIST images/epoch; {args.repeats} pairs"
+    )
+    print(f"{'setting':<34}{'off s':>9}{'on s':>9}{'on / off':>10}")
+    for label, changes in [
+        ("batch 32, no accumulation (halves)", dict(batch_size=32)),
+        ("batch 32 x 4 accumulation", dict(batch_size=32, accumulation_steps=4)),
+        ("batch 128, no accumulation (halves)", dict(batch_size=128)),
+    ]:
+        cfg = base.replace(**changes)
+        off, on = [], []
+        for _ in range(args.repeats):  # alternate, so drifting machine load hits both alike
+            off.append(train_seconds(cfg, raw))
+            on.append(train_seconds(cfg.replace(noise_scale=True), raw))
+        off_s, on_s = statistics.median(off), statistics.median(on)
+        print(f"{label:<34}{off_s:9.2f}{on_s:9.2f}{on_s / off_s:9.3f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
