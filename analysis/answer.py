@@ -4,7 +4,8 @@
 
 * ``report.md``: the answer (the verdict per lr-scaling arm with its numbers, at matched epochs and
   at exactly matched optimizer steps; training time with and without accumulation; whether tuning
-  recovers the accuracy lost with accumulation), with ``figures/*.png``;
+  recovers the accuracy lost with accumulation; the gradient noise scale when the grid measured
+  it, ``analysis.noise``), with ``figures/*.png``;
 * ``verdict.json``: the same numbers, machine-readable;
 * ``grid-runs.csv``, ``grid-history.csv``, ``search-trials.csv``, ``search-history.csv``,
   ``replicate-runs.csv``: the trials and their per-epoch histories (``analysis.export``);
@@ -29,6 +30,7 @@ import optuna
 from optuna.trial import TrialState
 from scipy import stats
 
+from analysis import noise
 from analysis.document import write_png
 from analysis.export import history_rows, run_rows, write_csv, write_records
 from analysis.figures import steps_figure
@@ -256,6 +258,14 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
                 f"Tuned accumulation {value} minus tuned accumulation 1: {fmt(diff)} (Welch 95% CI)."
             )
         lines.append("")
+    measured = noise.noise_runs(grid)  # grid runs trained with --noise-scale
+    if measured:
+        noise_summary = noise.summarize(where["dataset"], measured, studies.get("search"))
+        noise_png = write_png(noise.noise_figure(measured, noise_summary), out / "figures")
+        verdict["noise_scale"] = noise_summary
+        written[0].write_text(json.dumps(finite_or_none(verdict), indent=1) + "\n")
+        lines += noise.markdown(noise_summary, f"figures/{noise_png.name}")
+        figures["noise"] = noise_png
     (out / "report.md").write_text("\n".join(lines))
     written.append(out / "report.md")
     return written + [p for p in figures.values() if p is not None]

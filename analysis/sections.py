@@ -27,7 +27,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from analysis import comparison, figures, verdict
+from analysis import comparison, figures, noise, verdict
 from analysis.answer import fmt
 from analysis.document import Alert, Block, Document, Heading, Paragraph, Table, cell, plural, render_markdown
 from analysis.importance import Importance, edge_warnings, importance, searched_params
@@ -186,6 +186,7 @@ def verdict_blocks(study: optuna.Study, grids: list[optuna.Study]) -> list[Block
             figure = figures.steps_figure(runs, arm=a.arm, n=a.accumulation_steps, name=name)
             if figure is not None:
                 blocks.append(figure)
+    blocks += noise_blocks(grids, None if records.kind(study) == records.GRID else study)
     if records.kind(study) == records.GRID:
         return blocks
     search = comparison.summarize(study)
@@ -197,6 +198,26 @@ def verdict_blocks(study: optuna.Study, grids: list[optuna.Study]) -> list[Block
         blocks += [Heading(f"Search against grid {grid.name}", 3), Table(header, rows), Paragraph(line)]
         curve = comparison.best_so_far(study)
         blocks.append(figures.comparison_figure(curve, grid, search, name=f"compare-{grid.name}"))
+    return blocks
+
+
+def noise_blocks(grids: list[optuna.Study], search: optuna.Study | None) -> list[Block]:
+    """The gradient noise scale of the grids that measured it (analysis.noise), which the verdict
+    cites: a loss only where the effective batch exceeds B_simple is under-training."""
+    blocks: list[Block] = []
+    for grid_study in grids:
+        runs = noise.noise_runs(grid_study)
+        if not runs:
+            continue
+        summary = noise.summarize(grid_study.user_attrs.get(records.DATASET, "?"), runs, search)
+        blocks += [
+            Heading(f"{grid_study.study_name}: the gradient noise scale", 3),
+            Paragraph(summary["sentence"]),
+        ]
+        blocks += [
+            Table(noise.TABLE_HEADER, noise.table_rows(summary)),
+            noise.noise_figure(runs, summary, name=f"noise-{grid_study.study_name}"),
+        ]
     return blocks
 
 

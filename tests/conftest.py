@@ -84,6 +84,7 @@ def small_studies(tmp_path_factory):
         url,
         "--study-name",
         "g",
+        "--noise-scale",
         "--quiet",
     )
     assert grid.returncode == 0, grid.stderr

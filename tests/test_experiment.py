@@ -58,6 +58,13 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
     assert len(runs) == 2 * (3 + 3 * 2)  # seeds x (accumulation-1 runs + one per arm and micro-batch)
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict  # the numbers of report.md, machine-readable
+    # the grid's runs measured the gradient noise scale, and the report places the batches on it
+    noise = verdict["noise_scale"]
+    assert noise["runs"] == len(runs) and noise["grid_effective_batches"] == [32, 64, 128, 256, 512]
+    assert set(noise["positions_at_last_epoch"].values()) <= {"below", "near", "above"}
+    report = (out / "report.md").read_text()
+    assert "## The gradient noise scale" in report and "figures/noise-scale.png" in report
+    assert (out / "figures" / "noise-scale.png").is_file()
     url = f"sqlite:///{tmp_path / 'a.db'}"
     before = counts(url)
     assert before == {"digits-grid-quick": 18, "digits-overfitting-quick": 4, **{

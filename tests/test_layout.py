@@ -60,6 +60,7 @@ def test_the_commands_are_the_ones_users_run():
         "analysis.overfitting",
         "analysis.compare",
         "analysis.results",
+        "analysis.noise_scale",
     } <= set(COMMANDS)
 
 
@@ -84,7 +85,8 @@ def test_analysis_commands_load_no_torch():
     import sys
 
     code = (
-        "import sys, analysis.report, analysis.results, analysis.compare, analysis.overfitting; "
+        "import sys, analysis.report, analysis.results, analysis.compare, analysis.overfitting, "
+        "analysis.noise_scale; "
         "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)

@@ -77,7 +77,10 @@ def test_report_writes_both_files_with_every_parameter_in_every_importance_table
     # a grid of the same dataset is in the storage: the verdict and the comparison are there
     assert re.search(r"Verdict: (overfitting|under-training|no-difference|inconclusive)\.", markdown)
     assert "### Search against grid g" in markdown
-    for name in ("importance", "history", "intermediate", "slice", "parallel", "compare-g"):
+    # the grid measured the gradient noise scale: the report places the batches on it
+    assert "### g: the gradient noise scale" in markdown
+    assert re.search(r"effective batches are: .*(below|near|above)", markdown)
+    for name in ("importance", "history", "intermediate", "slice", "parallel", "compare-g", "noise-g"):
         png = out / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert f"figures/{name}.png" in markdown

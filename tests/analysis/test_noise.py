@@ -1,0 +1,146 @@
+"""The noise-scale analysis (analysis.noise, python -m analysis.noise_scale) on synthetic grids."""
+
+import json
+import math
+from dataclasses import replace
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import create_trial
+
+from analysis.noise import noise_runs, per_epoch, position, summarize
+from tests.conftest import cli
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+EPOCHS = 5
+
+
+def b_true(epoch: int) -> float:
+    """The synthetic B_simple: 20 at epoch 1, doubling every epoch (it grows as training goes on)."""
+    return 20.0 * 2 ** (epoch - 1)
+
+
+def add_run(study, *, batch, accumulation, seed, noise=True, scale=1.0):
+    """A grid run whose per-epoch estimates give exactly b_true; ``scale`` multiplies both
+    estimates (a run with larger gradients), which leaves its ratio alone."""
+    params = {"batch_size": batch, "accumulation_steps": accumulation, "lr_scaling": "none", "seed": seed}
+    g2 = [scale * 1.0 / e for e in range(1, EPOCHS + 1)]
+    history = {"optimizer_steps": list(range(1, EPOCHS + 1)), "val_accuracy": [0.5] * EPOCHS}
+    if noise:
+        history |= {
+            "grad_norm_sq": g2,
+            "grad_trace_sigma": [g * b_true(e) for e, g in enumerate(g2, start=1)],
+            "grad_noise_scale": [b_true(e) for e in range(1, EPOCHS + 1)],
+        }
+    cfg = {
+        "dataset": "fashion-mnist",
+        **params,
+        "micro_batch_size": batch,
+        "effective_batch_size": batch * accumulation,
+    }
+    study.add_trial(
+        create_trial(
+            params=params,
+            distributions={
+                "batch_size": CategoricalDistribution((32, 64, 128)),
+                "accumulation_steps": CategoricalDistribution((1, 4)),
+                "lr_scaling": CategoricalDistribution(("none",)),
+                "seed": CategoricalDistribution((0, 1)),
+            },
+            value=0.5,
+            user_attrs={"config": cfg, "history": history},
+        )
+    )
+
+
+def grid(url=None, *, noise=True) -> optuna.Study:
+    study = optuna.create_study(storage=url, study_name="g", direction="maximize")
+    study.set_user_attr("kind", "grid")
+    study.set_user_attr("dataset", "fashion-mnist")
+    for seed in range(2):
+        for batch in (32, 64, 128):
+            for accumulation in (1, 4):
+                add_run(study, batch=batch, accumulation=accumulation, seed=seed, noise=noise, scale=1 + seed)
+    return study
+
+
+def test_pooled_noise_scale_per_epoch_is_the_known_one():
+    runs = noise_runs(grid())
+    assert len(runs) == 12
+    curve = per_epoch(runs)
+    assert [row["epoch"] for row in curve] == list(range(1, EPOCHS + 1))
+    for row in curve:
+        assert row["b_simple"] == pytest.approx(b_true(row["epoch"]))
+        assert row["low"] == pytest.approx(row["high"]) and row["runs"] == 12
+
+
+def test_pooling_averages_before_the_ratio():
+    """One run's |G|^2 estimate is negative at epoch 1 (noise): its own ratio is undefined, and the
+    pooled ratio is the ratio of the means, not a mean of ratios."""
+    study = optuna.create_study(direction="maximize")
+    add_run(study, batch=32, accumulation=1, seed=0)
+    add_run(study, batch=32, accumulation=4, seed=0)
+    runs = noise_runs(study)
+    hacked = replace(runs[1], norm_sq=[-0.5, *runs[1].norm_sq[1:]])
+    row = per_epoch([runs[0], hacked])[0]
+    assert math.isnan(hacked.b_simple(1))
+    assert row["b_simple"] == pytest.approx((20 + 20) / 2 / ((1.0 - 0.5) / 2))
+    assert row["low"] == row["high"] == pytest.approx(20)  # the runs' own range: finite ratios only
+
+
+def test_batches_below_near_and_above():
+    assert position(32, 100) == "below" and position(64, 100) == "near" and position(200, 100) == "near"
+    assert position(256, 100) == "above" and position(32, math.nan) == "unknown"
+    summary = summarize("fashion-mnist", noise_runs(grid()))
+    assert summary["last_epoch"] == EPOCHS and summary["per_epoch"][-1]["b_simple"] == pytest.approx(320)
+    # at epoch 5, B_simple = 320: 32, 64, 128 below (x2 < 320), 256 and 512 near
+    assert summary["positions_at_last_epoch"] == {
+        "32": "below",
+        "64": "below",
+        "128": "below",
+        "256": "near",
+        "512": "near",
+    }
+    text = summary["sentence"]
+    assert "grows from 20 at epoch 1 to 320 at epoch 5" in text
+    assert "32, 64, 128 below; 256, 512 near" in text and "not overfitting" in text
+
+
+def test_runs_without_the_measurement_are_left_out():
+    assert noise_runs(grid(noise=False)) == []
+    summary = summarize("fashion-mnist", [])
+    assert summary["runs"] == 0 and "not measured" in summary["sentence"]
+
+
+def test_cli_prints_and_writes_the_section(tmp_path):
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    grid(url)
+    out = tmp_path / "out"
+    proc = cli("analysis.noise_scale", "--study", "g", "--storage", url, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "grows from 20 at epoch 1 to 320 at epoch 5" in proc.stdout
+    doc = json.loads((out / "noise-scale.json").read_text())
+    assert [round(r["b_simple"]) for r in doc["per_epoch"]] == [20, 40, 80, 160, 320]
+    assert "figures/noise-scale.png" in (out / "noise-scale.md").read_text()
+    assert (out / "figures" / "noise-scale.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--study", "nope"], "no study 'nope'"),
+        (["--study", "plain"], "has no finished run that measured the noise scale"),
+        (["--study", "g", "--out", "FILE"], "is a file; give a folder"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    grid(url)
+    optuna.create_study(storage=url, study_name="plain")
+    (tmp_path / "FILE").write_text("x")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
+    proc = cli("analysis.noise_scale", *args, "--storage", url)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("analysis.noise_scale: error: ") and message in lines[0]
