@@ -47,35 +47,51 @@ def png(fig: Any, *, dpi: int = 100) -> bytes:
 
 # --- a study's report ----------------------------------------------------------------------------
 def importance_figure(results: list[Importance], params: list[str]) -> Figure:
+    """Bars at the bootstrap medians with their intervals as error bars, one panel per target shown."""
     plt = pyplot()
     import plotly.graph_objects as go
 
     fig, axes = plt.subplots(
-        1, len(results), figsize=(4.2 * len(results), 0.5 * len(params) + 1.8), sharey=True
+        1, len(results), figsize=(4.2 * len(results), 0.5 * len(params) + 1.8), sharey=True, squeeze=False
     )
     names = list(results[0].scores)
     height = 0.8 / len(names)
-    for ax, result in zip(axes, results, strict=True):
+
+    def bars(result: Importance, name: str) -> tuple[list[float], list[list[float]]]:
+        cells = [result.scores[name][p] for p in params]
+        medians = [c.median for c in cells]
+        return medians, [[c.median - c.low for c in cells], [c.high - c.median for c in cells]]
+
+    for ax, result in zip(axes[0], results, strict=True):
         for i, name in enumerate(names):
             ys = [j + (i - (len(names) - 1) / 2) * height for j in range(len(params))]
-            ax.barh(ys, [result.scores[name][p] for p in params], height=height, label=name)
+            medians, errors = bars(result, name)
+            ax.barh(ys, medians, height=height, xerr=errors, capsize=2, error_kw={"lw": 0.8}, label=name)
         ax.set_yticks(range(len(params)), params)
         ax.invert_yaxis()
-        ax.set_title(f"{result.target}\n({plural(result.n_trials, 'trial')})", fontsize=9)
-        ax.set_xlabel("normalized importance")
+        pruned = f", {result.n_pruned} pruned" if result.n_pruned else ""
+        ax.set_title(f"{result.target}\n({plural(result.n_trials, 'trial')}{pruned})", fontsize=9)
+        ax.set_xlabel("normalized importance (median, 90% interval)")
         ax.grid(axis="x", alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0][0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    objective = results[0]
-    interactive = go.Figure(
-        [
-            go.Bar(name=name, y=params, x=[objective.scores[name][p] for p in params], orientation="h")
-            for name in names
-        ]
-    )
+    first = results[0]
+    traces = []
+    for name in names:
+        medians, errors = bars(first, name)
+        traces.append(
+            go.Bar(
+                name=name,
+                y=params,
+                x=medians,
+                orientation="h",
+                error_x={"type": "data", "symmetric": False, "array": errors[1], "arrayminus": errors[0]},
+            )
+        )
+    interactive = go.Figure(traces)
     interactive.update_layout(
         barmode="group",
-        title=f"Parameter importance for {objective.target} ({plural(objective.n_trials, 'trial')})",
+        title=f"Parameter importance for {first.target} ({plural(first.n_trials, 'trial')}): median, 90% interval",
         xaxis_title="normalized importance",
         yaxis={"autorange": "reversed"},
     )

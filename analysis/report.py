@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 
 from analysis import document, publish, sections
+from analysis.importance import BOOTSTRAP
 from study.cli import ArgumentParser, add_quiet_flag, add_storage_flag, fail
 from study.session import StudyError, load_studies
 from study.storage import StorageError, resolve_url
@@ -44,7 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", required=True, help="study name")
     add_storage_flag(parser)
     parser.add_argument("--out", help="output folder (default: reports/STUDY)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fANOVA and MDI forests (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the bootstrap and of the fANOVA and MDI forests (default: 0)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=BOOTSTRAP,
+        metavar="B",
+        help=f"bootstrap resamples of the trials per importance target (default: {BOOTSTRAP}; fewer is faster, "
+        "more gives steadier intervals)",
+    )
     parser.add_argument(
         "--to-dashboard",
         action="store_true",
@@ -58,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_quiet_flag(parser, help="no progress lines on stderr")
     args = parser.parse_args(argv)
+    if args.bootstrap < 2:
+        fail(PROG, f"--bootstrap must be >= 2; got {args.bootstrap}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(args.out or f"reports/{args.study}")
     log = (lambda _: None) if args.quiet else (lambda m: print(f"{PROG}: {m}", file=sys.stderr, flush=True))
@@ -69,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROG, str(exc))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        report = sections.build(study, url, out, seed=args.seed, log=log)
+        report = sections.build(study, url, out, seed=args.seed, resamples=args.bootstrap, log=log)
         try:
             written = document.write(report.document, out, interactive=not args.no_interactive)
         except OSError as exc:

@@ -30,7 +30,15 @@ from optuna.trial import FrozenTrial, TrialState
 from analysis import comparison, figures, noise, verdict
 from analysis.answer import fmt
 from analysis.document import Alert, Block, Document, Heading, Paragraph, Table, cell, plural, render_markdown
-from analysis.importance import Importance, edge_warnings, importance, searched_params
+from analysis.importance import (
+    BOOTSTRAP,
+    LEVEL,
+    Importance,
+    edge_warnings,
+    importance,
+    min_trials,
+    searched_params,
+)
 from search_spaces import Param
 from study import records
 from study.session import load_studies
@@ -116,23 +124,34 @@ def edge_blocks(study: optuna.Study, params: list[str]) -> list[Block]:
     ]
 
 
-def importance_blocks(results: list[Importance], params: list[str], seed: int) -> list[Block]:
+def importance_blocks(
+    results: list[Importance], params: list[str], seed: int, resamples: int = BOOTSTRAP
+) -> list[Block]:
     blocks: list[Block] = [
         Heading("Parameter importance"),
         Paragraph(
-            "Normalized importance (each column sums to 1) over completed trials, by fANOVA "
-            f"(random forest, seed {seed}), PED-ANOVA (deterministic; top-quantile trials against all) "
-            f"and mean decrease impurity (random forest, seed {seed}). Few trials make all three noisy: "
-            "read agreement between the columns, not the third decimal."
+            f"Normalized importance, as the median and {LEVEL:.0%} interval over {resamples} bootstrap "
+            f"resamples of the trials (seed {seed}), by fANOVA (random forest), PED-ANOVA (top-quantile "
+            "trials against all) and mean decrease impurity (random forest). A parameter matters where "
+            "its interval lies above the others' under all three evaluators; overlapping intervals mean "
+            f"the study cannot tell. Importance is shown from {min_trials(len(params))} trials with a "
+            "finite target on (2 per searched parameter, at least 10). The objective is also ranked at "
+            "a Hyperband rung, over every trial that reached it, pruned or not: pruned trials are most "
+            "of what a pruned study paid for."
         ),
     ]
     if not results:
         blocks.append(Paragraph("No sampled parameters yet: nothing to rank."))
     for result in results:
         names = list(result.scores)
-        blocks.append(Heading(f"Target: {result.target} ({plural(result.n_trials, 'trial')})", 3))
-        rows = [[p, *(f"{result.scores[n][p]:.3f}" for n in names)] for p in params]
+        pruned = f", {result.n_pruned} of them pruned" if result.n_pruned else ""
+        blocks.append(Heading(f"Target: {result.target} ({plural(result.n_trials, 'trial')}{pruned})", 3))
+        if not result.shown:
+            blocks.append(Paragraph(f"Not shown: {result.declined}."))
+            continue
+        rows = [[p, *(str(result.scores[n][p]) for n in names)] for p in params]
         blocks.append(Table(["parameter", *names], rows))
+        blocks.append(Paragraph(result.agreement()))
         blocks += [Paragraph(f"Note: {note}") for note in dict.fromkeys(result.notes)]
     return blocks
 
@@ -143,7 +162,10 @@ def figure_blocks(
     blocks: list[Block] = [Heading("Figures")]
     if not results or not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return blocks + [Paragraph("No figures: the study has no completed trial yet.")]
-    blocks += [figures.importance_figure(results, params), figures.history_figure(study)]
+    shown = [r for r in results if r.shown]
+    if shown:
+        blocks.append(figures.importance_figure(shown, params))
+    blocks.append(figures.history_figure(study))
     if (intermediate := figures.intermediate_figure(study)) is not None:
         blocks.append(intermediate)
     return blocks + [figures.slice_figure(study, params, spec), figures.parallel_figure(study, params, spec)]
@@ -233,27 +255,39 @@ def matching_grids(study: optuna.Study, url: str) -> list[optuna.Study]:
 
 
 def build(
-    study: optuna.Study, url: str, out: Path, *, seed: int = 0, log: Callable[[str], None] = lambda _: None
+    study: optuna.Study,
+    url: str,
+    out: Path,
+    *,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP,
+    log: Callable[[str], None] = lambda _: None,
 ) -> StudyReport:
     """The report of ``study`` and its summary note. Grid studies of the same dataset are looked
     for in the storage at ``url``; ``out`` is the folder the caller will write the report to (the
-    note names it)."""
+    note names it); ``resamples`` bootstrap resamples per importance target."""
     params, spec = searched_params(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     head = summary_blocks(study, params) + edge_blocks(study, params)
-    log(f"importance: {len(params)} parameters, {len(complete)} completed trials, 3 evaluators")
-    results = importance(study, params, seed=seed) if params else []
+    log(
+        f"importance: {len(params)} parameters, {len(complete)} completed trials, 3 evaluators, "
+        f"{resamples} bootstrap resamples per target"
+    )
+    results = importance(study, params, seed=seed, resamples=resamples) if params else []
     if results and complete:
         log("figures")
     figure_part = figure_blocks(study, results, params, spec)
     log("verdict and grid comparison")
-    blocks = [*head, *importance_blocks(results, params, seed), *figure_part]
+    blocks = [*head, *importance_blocks(results, params, seed, resamples), *figure_part]
     blocks += verdict_blocks(study, matching_grids(study, url))
     document = Document(f"Study report: {study.study_name}", tuple(blocks))
 
     note = render_markdown(Document(f"Report summary: {study.study_name}", tuple(head)))
-    if results:
-        note += "\n" + render_markdown(Document("", tuple(importance_blocks(results[:1], params, seed))))
+    if results:  # the objective over completed trials, and at the rung over every trial that reached it
+        objective = [results[0], *(r for r in results if " at epoch " in r.target)]
+        note += "\n" + render_markdown(
+            Document("", tuple(importance_blocks(objective, params, seed, resamples)))
+        )
     note += (
         f"\n\nFull report (figures, importance for every target, verdict): `{out / 'index.html'}`, "
         f"written by `python -m analysis.report --study {study.study_name}`.\n"
