@@ -22,7 +22,7 @@ from study.config import TrainConfig
 from study.data import DataSplits, RawDataset, augment, epoch_batches, load_raw, make_splits, normalize
 from study.jsonsafe import finite_or_none
 from study.model import Geometry, build_model, count_parameters, geometry_for
-from study.noise import NOISE_KEYS, NoiseScaleMeter, measurement_parts
+from study.noise import NOISE_KEYS, NoiseScaleMeter, measured_parts
 
 EVAL_BATCH_SIZE = 1024
 # How often (in optimizer steps) the running loss is checked for NaN/inf. Each check is a device
@@ -242,10 +242,9 @@ def train(
     micro, effective = cfg.micro_batch_size, cfg.effective_batch_size
     n_micro = effective // micro
     meter = None
-    if cfg.noise_scale:  # a run without accumulation is split in two halves, for the measurement only
-        n_micro = measurement_parts(n_micro)
-        micro = effective // n_micro
-        meter = NoiseScaleMeter(model.parameters(), small=micro, parts=n_micro)
+    if cfg.noise_scale:  # without accumulation, some steps run as two halves, for the measurement only
+        halves_or_own = max(2, n_micro)
+        meter = NoiseScaleMeter(model.parameters(), small=effective // halves_or_own, parts=halves_or_own)
     num_train = len(data.train_labels)
     steps_per_epoch = num_train // effective
     total_steps = steps_per_epoch * cfg.epochs
@@ -289,17 +288,22 @@ def train(
             x = normalize(images, data.mean, data.std)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            for x_micro, y_micro in zip(x.split(micro), data.train_labels[idx].split(micro), strict=True):
+            parts = n_micro if meter is None else measured_parts(n_micro, step)
+            measured = meter is not None and parts > 1
+            size = effective // parts
+            for x_micro, y_micro in zip(x.split(size), data.train_labels[idx].split(size), strict=True):
                 with autocast:
                     logits = net(x_micro)
                 loss = F.cross_entropy(logits.float(), y_micro, label_smoothing=cfg.label_smoothing)
-                # Each micro-batch is 1/n_micro of the effective batch: the summed gradients are
+                # Each micro-batch is 1/parts of the effective batch: the summed gradients are
                 # then the gradient of the effective batch's mean loss, exactly.
-                (loss / n_micro if n_micro > 1 else loss).backward()
-                loss_sum += loss.detach()  # divided by n_micro once, at the end of the epoch
-                if meter is not None:
+                (loss / parts if parts > 1 else loss).backward()
+                # divided by n_micro once, at the end of the epoch; a step measured as two halves
+                # counts as the one micro-batch it is
+                loss_sum += loss.detach() if parts == n_micro else loss.detach() * (n_micro / parts)
+                if measured:
                     meter.micro_batch_done()
-            if meter is not None:
+            if measured:
                 meter.step_done()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

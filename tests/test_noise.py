@@ -9,7 +9,7 @@ import torch
 
 import study.train
 from study.config import TrainConfig
-from study.noise import NOISE_KEYS, NoiseScaleMeter
+from study.noise import HALVES_EVERY, NOISE_KEYS, NoiseScaleMeter
 from study.train import train
 
 TINY = dict(
@@ -163,10 +163,11 @@ def test_estimator_inputs_come_without_a_second_forward_or_backward_pass(monkeyp
     accumulated = dict(batch_size=8, accumulation_steps=4)
     assert passes(**accumulated, noise_scale=True) == passes(**accumulated)
     plain_on, plain_off = passes(batch_size=32, noise_scale=True), passes(batch_size=32)
-    # without accumulation the batch is run as two halves: the same samples, each once
+    # without accumulation one step in HALVES_EVERY runs as two halves: the same samples, each once
     assert plain_on["forward samples"] == plain_off["forward samples"] == 2 * 5 * 32
     assert plain_on["backward samples"] == plain_off["backward samples"]
-    assert plain_on["forward"] == 2 * plain_off["forward"]
+    measured = len(range(0, 2 * 5, HALVES_EVERY))  # steps 0 and 8 of the 10
+    assert plain_on["forward"] == plain_off["forward"] + measured == 10 + 2
 
 
 def test_odd_batch_without_accumulation_is_refused():

@@ -118,7 +118,9 @@ def test_pruning_stops_a_trial_that_cannot_learn(tmp_path):
     # A learning rate of 1e-7 leaves the model at its initial accuracy while the first trial
     # (lr 1e-3, same seed, same batches) improves every epoch: the median pruner must stop it.
     space = _pruning_space(tmp_path)
-    objective = search_objective(space, "quick", load_raw("digits", "data"), dataset="digits", device="cpu", seed=0)
+    objective = search_objective(
+        space, "quick", load_raw("digits", "data"), dataset="digits", device="cpu", seed=0
+    )
     study = optuna.create_study(
         direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
     )

@@ -32,7 +32,9 @@ def overfitting(*args):
     )
 
 
-@pytest.mark.parametrize(("kind", "verdict"), [("under-training", UNDER_TRAINING), ("overfitting", OVERFITTING)])
+@pytest.mark.parametrize(
+    ("kind", "verdict"), [("under-training", UNDER_TRAINING), ("overfitting", OVERFITTING)]
+)
 def test_cli_gives_the_verdict_in_every_format(tmp_path, kind, verdict):
     url = stored(tmp_path, kind, arms=("none", "linear"))
     table = overfitting("--study", "g", "--storage", url)
@@ -41,13 +43,19 @@ def test_cli_gives_the_verdict_in_every_format(tmp_path, kind, verdict):
     doc = json.loads(overfitting("--study", "g", "--storage", url, "--format", "json").stdout)
     arms = {a["arm"]: a for a in doc["studies"][0]["arms"]}
     assert arms["none"]["verdict"] == verdict and arms["none"]["seeds"] == [0, 1, 2]
-    rows = list(csv.DictReader(io.StringIO(overfitting("--study", "g", "--storage", url, "--format", "csv").stdout)))
+    rows = list(
+        csv.DictReader(io.StringIO(overfitting("--study", "g", "--storage", url, "--format", "csv").stdout))
+    )
     assert {r["where"] for r in rows} >= {"epoch 3", "epoch 6", "epoch 15", "matched steps epoch 12"}
     assert all(r["n"] == "3" for r in rows)  # n = seeds
     figures = tmp_path / "figs"
-    markdown = overfitting("--study", "g", "--storage", url, "--format", "markdown", "--figures", str(figures))
+    markdown = overfitting(
+        "--study", "g", "--storage", url, "--format", "markdown", "--figures", str(figures)
+    )
     assert markdown.returncode == 0 and f"**Verdict: {verdict}.**" in markdown.stdout
-    assert (figures / "g-steps-none-x4.png").is_file() and str(figures / "g-steps-none-x4.png") in markdown.stdout
+    assert (figures / "g-steps-none-x4.png").is_file() and str(
+        figures / "g-steps-none-x4.png"
+    ) in markdown.stdout
 
 
 def test_cli_refuses_a_search_study_and_bad_input(tmp_path):
