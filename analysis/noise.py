@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 
 from analysis.document import Figure, write_png
 from analysis.figures import png, pyplot
+from analysis.verdict import runs_from_study
 from study import records
 from study.cli import render_table
 from study.jsonsafe import finite_or_none
@@ -40,14 +41,10 @@ NEAR = 2.0  # an effective batch within this factor of B_simple is "near" it
 
 @dataclass(frozen=True)
 class NoiseRun:
-    """One run's per-epoch noise measurement."""
+    """One grid run's per-epoch noise measurement."""
 
     trial: int
-    micro_batch: int
-    accumulation_steps: int
     effective_batch: int
-    lr_scaling: str
-    seed: int
     norm_sq: list[float] = field(repr=False)  # |G|^2 estimate per epoch
     trace: list[float] = field(repr=False)  # tr(Sigma) estimate per epoch
 
@@ -57,25 +54,18 @@ class NoiseRun:
 
 
 def noise_runs(study: optuna.Study) -> list[NoiseRun]:
-    """The finished runs of ``study`` that measured the noise scale."""
-    runs = []
-    for t in study.get_trials(deepcopy=False):
-        cfg, history = records.config(t), records.history(t) or {}
-        if t.state != TrialState.COMPLETE or not cfg or "grad_noise_scale" not in history:
-            continue
-        runs.append(
-            NoiseRun(
-                trial=t.number,
-                micro_batch=cfg["micro_batch_size"],
-                accumulation_steps=cfg["accumulation_steps"],
-                effective_batch=cfg["effective_batch_size"],
-                lr_scaling=cfg["lr_scaling"],
-                seed=cfg["seed"],
-                norm_sq=history["grad_norm_sq"],
-                trace=history["grad_trace_sigma"],
-            )
+    """The finished runs of grid study ``study`` that measured the noise scale (grid runs follow
+    the paper protocol: effective batch = micro-batch x accumulation steps)."""
+    return [
+        NoiseRun(
+            trial=r.trial,
+            effective_batch=r.batch_size * r.accumulation_steps,
+            norm_sq=r.history["grad_norm_sq"],
+            trace=r.history["grad_trace_sigma"],
         )
-    return runs
+        for r in runs_from_study(study)
+        if "grad_noise_scale" in r.history
+    ]
 
 
 def _finite(values: list[Any]) -> list[float]:

@@ -11,19 +11,9 @@ import study.train
 from study.config import TrainConfig
 from study.noise import HALVES_EVERY, NOISE_KEYS, NoiseScaleMeter
 from study.train import train
+from tests.test_train import TINY as TRAIN_TINY
 
-TINY = dict(
-    dataset="digits",
-    model="swin-nano",
-    train_subset=160,
-    val_size=100,
-    train_eval_size=100,
-    epochs=2,
-    device="cpu",
-    dropout=0.0,
-    attn_dropout=0.0,
-    drop_path=0.0,
-)
+TINY = {**TRAIN_TINY, "dropout": 0.0, "attn_dropout": 0.0, "drop_path": 0.0}  # exact updates
 TIMING = {"wall_seconds", "train_seconds", "images_per_second", "peak_memory_bytes"}
 
 
