@@ -131,6 +131,7 @@ def summarize(dataset: str, runs: list[NoiseRun], search: optuna.Study | None = 
     last = next((row for row in reversed(curve) if math.isfinite(row["b_simple"])), None)
     first = next((row for row in curve if math.isfinite(row["b_simple"])), None)
     at_last = {b: position(b, last["b_simple"]) for b in grid_batches} if last else {}
+    at_first = {b: position(b, first["b_simple"]) for b in grid_batches} if first else {}
     return {
         "dataset": dataset,
         "runs": len(runs),
@@ -139,7 +140,8 @@ def summarize(dataset: str, runs: list[NoiseRun], search: optuna.Study | None = 
         "best_search_effective_batches": {str(n): b for n, b in searched.items()},
         "last_epoch": last["epoch"] if last else None,
         "positions_at_last_epoch": {str(b): p for b, p in at_last.items()},
-        "sentence": sentence(dataset, len(runs), first, last, at_last, searched),
+        "positions_at_first_epoch": {str(b): p for b, p in at_first.items()},
+        "sentence": sentence(dataset, len(runs), first, last, at_first, at_last, searched),
     }
 
 
@@ -148,19 +150,24 @@ def sentence(
     n_runs: int,
     first: dict[str, Any] | None,
     last: dict[str, Any] | None,
-    positions: dict[int, str],
+    at_first: dict[int, str],
+    at_last: dict[int, str],
     searched: dict[int, int],
 ) -> str:
     """The reading a report quotes: B_simple's growth, and which effective batches sit where."""
     if last is None or first is None:
         return f"{dataset}: no positive |G|^2 estimate in {n_runs} run(s); the noise scale is not measured."
-    groups = {p: [b for b, q in positions.items() if q == p] for p in ("below", "near", "above")}
-    where = "; ".join(f"{', '.join(map(str, batches))} {p}" for p, batches in groups.items() if batches)
+
+    def where(positions: dict[int, str]) -> str:
+        groups = {p: [b for b, q in positions.items() if q == p] for p in ("below", "near", "above")}
+        return "; ".join(f"{', '.join(map(str, batches))} {p}" for p, batches in groups.items() if batches)
+
     text = (
         f"{dataset}: the gradient noise scale B_simple, pooled over {n_runs} run(s), grows from "
         f"{first['b_simple']:.0f} at epoch {first['epoch']} to {last['b_simple']:.0f} at epoch {last['epoch']} "
-        f"(runs {last['low']:.0f} to {last['high']:.0f}). At epoch {last['epoch']} the grid's effective "
-        f"batches are: {where} (near = within a factor {NEAR:g})."
+        f"(runs {last['low']:.0f} to {last['high']:.0f}). The grid's effective batches are, at epoch "
+        f"{first['epoch']}: {where(at_first)}; at epoch {last['epoch']}: {where(at_last)} "
+        f"(near = within a factor {NEAR:g})."
     )
     if searched:
         text += (

@@ -104,7 +104,18 @@ def test_batches_below_near_and_above():
     }
     text = summary["sentence"]
     assert "grows from 20 at epoch 1 to 320 at epoch 5" in text
-    assert "32, 64, 128 below; 256, 512 near" in text and "not overfitting" in text
+    # at epoch 1, B_simple = 20: 32 near, the rest above
+    assert summary["positions_at_first_epoch"] == {
+        "32": "near",
+        "64": "above",
+        "128": "above",
+        "256": "above",
+        "512": "above",
+    }
+    assert (
+        "at epoch 1: 32 near; 64, 128, 256, 512 above; at epoch 5: 32, 64, 128 below; 256, 512 near" in text
+    )
+    assert "not overfitting" in text
 
 
 def test_runs_without_the_measurement_are_left_out():
