@@ -83,9 +83,14 @@ def run_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 def history_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per (trial, epoch) of every trial that recorded a history."""
+    """One row per (trial, epoch) of every trial that recorded a history; with the noise-scale
+    columns when any trial measured it."""
+    trials = study.get_trials(deepcopy=False)
+    columns = HISTORY_COLUMNS
+    if any(records.NOISE_KEYS[-1] in (records.history(t) or {}) for t in trials):
+        columns = (*HISTORY_COLUMNS, *records.NOISE_KEYS)
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         history = records.history(t) or {}
         config = records.config(t) or {}
         epochs = len(history.get("optimizer_steps", []))
@@ -93,7 +98,7 @@ def history_rows(study: optuna.Study) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"trial": t.number}
             row |= {k: config.get(k) for k in ("batch_size", "accumulation_steps", "lr_scaling", "seed")}
             row["epoch"] = i + 1
-            row |= {k: (history.get(k) or [None] * epochs)[i] for k in HISTORY_COLUMNS}
+            row |= {k: (history.get(k) or [None] * epochs)[i] for k in columns}
             rows.append(row)
     return rows
 

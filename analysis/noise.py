@@ -188,7 +188,8 @@ def sentence(
 
 def noise_figure(runs: list[NoiseRun], summary: dict[str, Any], *, name: str = "noise-scale") -> Figure:
     """B_simple against epochs (pooled, with the runs' own curves faint), the grid's effective
-    batches as dashed lines and the best searched trials' as dotted ones, on one log axis."""
+    batches as dashed lines and the best searched trials' (one per accumulation value) as markers
+    at the right edge, on one log axis."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     for r in runs:
@@ -204,16 +205,26 @@ def noise_figure(runs: list[NoiseRun], summary: dict[str, Any], *, name: str = "
         ms=3,
         label=f"B_simple, pooled over {len(runs)} runs (grey: each run)",
     )
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, batch in enumerate(summary["grid_effective_batches"]):
-        ax.axhline(batch, ls="--", lw=1, color=colors[i % len(colors)], label=f"grid effective batch {batch}")
-    for n, batch in summary["best_search_effective_batches"].items():
-        ax.axhline(
-            batch, ls=":", lw=1.5, color="tab:purple", label=f"best search trial, accumulation {n}: {batch}"
+    last = max((row["epoch"] for row in curve), default=1)
+    for batch in summary["grid_effective_batches"]:  # labelled at the right edge, not in the legend
+        ax.axhline(batch, ls="--", lw=0.9, color="tab:blue", alpha=0.6)
+        ax.annotate(f"grid {batch}", (last + 0.3, batch), fontsize=7, color="tab:blue", va="center")
+    searched = summary["best_search_effective_batches"]
+    for i, (n, batch) in enumerate(searched.items()):
+        ax.plot(
+            [last + 1.6],
+            [batch],
+            marker="<",
+            ms=8,
+            color="tab:purple",
+            ls="none",
+            label="best search trial per accumulation value" if i == 0 else None,
         )
+        ax.annotate(f"x{n}", (last + 1.9, batch), fontsize=7, color="tab:purple", va="center")
+    ax.set_xlim(0.5, last + 2.6)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("batch size (log)")
+    ax.set_ylabel("examples per optimizer step (log)")
     ax.set_title(f"{summary['dataset']}: gradient noise scale against the batches used")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()

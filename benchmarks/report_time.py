@@ -104,7 +104,7 @@ def main() -> None:
         start = time.perf_counter()
         command = [sys.executable, "-m", "analysis.report", "--study", "bench", "--storage", url, "--out",
                    str(Path(folder) / "report"), "--no-interactive", "--quiet", "--bootstrap", str(args.bootstrap)]  # fmt: skip
-        subprocess.run(command, check=True)
+        subprocess.run(command, check=True, capture_output=True)
         report = time.perf_counter() - start
 
     print(f"targets: {', '.join(f'{r.target} ({r.n_trials})' for r in results)}")

@@ -65,6 +65,9 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
     report = (out / "report.md").read_text()
     assert "## The gradient noise scale" in report and "figures/noise-scale.png" in report
     assert (out / "figures" / "noise-scale.png").is_file()
+    with open(out / "grid-history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert all(float(row["grad_trace_sigma"]) > 0 for row in history)  # measured every epoch
     url = f"sqlite:///{tmp_path / 'a.db'}"
     before = counts(url)
     assert before == {"digits-grid-quick": 18, "digits-overfitting-quick": 4, **{
