@@ -194,7 +194,8 @@ def arm_markdown(a: ArmAnalysis, figure: str | None) -> list[str]:
 
 
 def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
-    """``verdict.json``, ``report.md`` and ``figures/steps-*.png`` under ``out``."""
+    """``verdict.json``, ``report.md`` and ``figures/steps-*.png`` (and ``figures/noise-scale.png``
+    when the grid measured the noise scale) under ``out``; ``verdict.json`` is written once."""
     grid = studies["grid"]
     analyses = analyse(grid)
     runs = runs_from_study(grid)
@@ -217,6 +218,11 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
         "lr_scaling_recovery": recovered,
         "tuned_replicates": tuning,
     }
+    noise_summary = None
+    if measured := noise.noise_runs(grid):  # grid runs trained with --noise-scale
+        noise_summary = noise.summarize(where["dataset"], measured, studies.get("search"))
+        figures["noise"] = write_png(noise.noise_figure(measured, noise_summary), out / "figures")
+        verdict["noise_scale"] = noise_summary
     written = [out / "verdict.json"]
     written[0].write_text(json.dumps(finite_or_none(verdict), indent=1) + "\n")
 
@@ -258,14 +264,8 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
                 f"Tuned accumulation {value} minus tuned accumulation 1: {fmt(diff)} (Welch 95% CI)."
             )
         lines.append("")
-    measured = noise.noise_runs(grid)  # grid runs trained with --noise-scale
-    if measured:
-        noise_summary = noise.summarize(where["dataset"], measured, studies.get("search"))
-        noise_png = write_png(noise.noise_figure(measured, noise_summary), out / "figures")
-        verdict["noise_scale"] = noise_summary
-        written[0].write_text(json.dumps(finite_or_none(verdict), indent=1) + "\n")
-        lines += noise.markdown(noise_summary, f"figures/{noise_png.name}")
-        figures["noise"] = noise_png
+    if noise_summary is not None:
+        lines += noise.markdown(noise_summary, f"figures/{figures['noise'].name}")
     (out / "report.md").write_text("\n".join(lines))
     written.append(out / "report.md")
     return written + [p for p in figures.values() if p is not None]

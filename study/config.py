@@ -61,7 +61,7 @@ class TrainConfig:
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         compile: Wrap the model in ``torch.compile``.
         noise_scale: Measure the gradient noise scale each epoch (``study.noise``): micro-batch vs
-            effective-batch gradients, or two halves of the batch without accumulation.
+            effective-batch gradients; without accumulation, one step in 8 runs as two halves.
     """
 
     dataset: str = "digits"

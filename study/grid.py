@@ -195,7 +195,7 @@ def build_parser() -> ArgumentParser:
         "--noise-scale",
         action="store_true",
         help="every run measures the gradient noise scale per epoch (micro-batch vs effective-batch "
-        "gradients; two halves of the batch without accumulation); under 5%% of the training time",
+        "gradients; without accumulation, one step in 8 runs as two halves); about 2%% of a step's time",
     )
     parser.add_argument("--study-name", help="default: DATASET-grid-BUDGET; an existing grid is resumed")
     add_storage_flag(parser)
