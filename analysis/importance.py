@@ -61,8 +61,9 @@ def targets(study: optuna.Study) -> list[Target]:
     return out
 
 
-# Bootstrap resamples per target. fANOVA dominates the cost (16 trees per resample, against 64 for
-# a single fit): a report of a 100-trial study stays under a minute on 2 CPU cores (README).
+# Bootstrap resamples per target. fANOVA dominates the cost, so its forest has 16 trees per resample
+# (40 resamples fit 640 trees in all): a report of a 100-trial study stays under a minute on 2 CPU
+# cores (README, benchmarks.report_time).
 BOOTSTRAP = 40
 LEVEL = 0.90  # the interval's coverage: the 5th to the 95th percentile of the resamples
 
@@ -78,17 +79,15 @@ def min_trials(n_params: int) -> int:
 TOP_TRIALS = 10  # PED-ANOVA's top quantile holds at least this many trials
 
 
-def evaluators(
-    seed: int, n_trials: int, *, n_trees: int = 64
-) -> dict[str, optuna.importance.BaseImportanceEvaluator]:
-    """Explicit evaluators. fANOVA and MDI are random forests, seeded. PED-ANOVA is deterministic;
+def evaluators(seed: int, n_trials: int) -> dict[str, optuna.importance.BaseImportanceEvaluator]:
+    """The evaluators of one bootstrap resample. fANOVA and MDI are random forests, seeded. PED-ANOVA is deterministic;
     its top quantile holds at least TOP_TRIALS trials where the study is small: its documentation
     advises at least 5, and a bootstrap resample repeats about a third of its draws, so 10 draws
     hold about 6 distinct trials (with 5, one lucky noise parameter looked as important as the
     only parameter that mattered in a 40-trial test)."""
     quantile = min(0.5, max(0.1, TOP_TRIALS / max(n_trials, 1)))
     return {
-        "fANOVA": optuna.importance.FanovaImportanceEvaluator(n_trees=n_trees, max_depth=64, seed=seed),
+        "fANOVA": optuna.importance.FanovaImportanceEvaluator(n_trees=16, max_depth=64, seed=seed),
         "PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile),
         "MDI": optuna.importance.MeanDecreaseImpurityImportanceEvaluator(n_trees=64, max_depth=64, seed=seed),
     }
@@ -191,12 +190,12 @@ def bootstrap(
             continue
         study = optuna.create_study(direction="minimize")
         study.add_trials(sample)
-        for name, evaluator in evaluators(seed + b, len(sample), n_trees=16).items():
+        for name, evaluator in evaluators(seed + b, len(sample)).items():
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 # No ``params=``: Optuna 5.0's mean-decrease-impurity evaluator labels its scores in
                 # the order of ``params`` but computes them in its own (sorted) order, so a list in
-                # any other order swaps the names. The view holds exactly ``params``, so all is them.
+                # any other order swaps the names. The view holds exactly ``params``, so all of them.
                 scores = optuna.importance.get_param_importances(study, evaluator=evaluator)
             for p in params:
                 draws.setdefault(name, {}).setdefault(p, []).append(scores.get(p, 0.0))
