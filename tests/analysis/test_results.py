@@ -28,6 +28,8 @@ def test_results_folder_from_the_grid_alone(tmp_path):
         assert str(out / name) in proc.stdout.splitlines(), name
     verdict = json.loads((out / "verdict.json").read_text())
     assert [a["verdict"] for a in verdict["arms"]] == ["under-training"]
+    assert "noise_scale" not in verdict  # the grid did not measure it: no section, no figure
+    assert not (out / "figures" / "noise-scale.png").exists()
     assert (
         "![accuracy against optimizer steps and epochs, arm none](figures/steps-none-x4.png)"
         in (out / "report.md").read_text()
