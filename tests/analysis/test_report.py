@@ -99,7 +99,7 @@ def test_report_writes_both_files_with_every_parameter_in_every_importance_table
     assert "### Search against grid g" in markdown
     # the grid measured the gradient noise scale: the report places the batches on it
     assert "### g: the gradient noise scale" in markdown
-    assert re.search(r"effective batches are: .*(below|near|above)", markdown)
+    assert re.search(r"effective batches are, at epoch 1: .*(below|near|above)", markdown)
     for name in ("importance", "history", "intermediate", "slice", "parallel", "compare-g", "noise-g"):
         png = out / "figures" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
