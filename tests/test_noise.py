@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import study.train
+from study import records
 from study.config import TrainConfig
 from study.noise import HALVES_EVERY, NOISE_KEYS, NoiseScaleMeter
 from study.train import train
@@ -73,6 +74,11 @@ def test_estimator_recovers_the_analytic_noise_scale_for_any_split():
     # the same effective batch (64) split three ways agrees with itself
     same_batch = [estimates[s] for s in [(8, 8), (16, 4), (32, 2)]]
     assert (max(same_batch) - min(same_batch)) / analytic < 0.15
+
+
+def test_the_stored_history_names_the_trainers_noise_keys():
+    # study.records keeps its own copy of the names (it loads no torch): the two must not drift
+    assert records.NOISE_KEYS == NOISE_KEYS
 
 
 def test_meter_needs_two_micro_batches_and_a_whole_step():
