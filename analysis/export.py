@@ -53,6 +53,7 @@ HISTORY_COLUMNS = (
     "optimizer_steps",
     "samples_seen",
     "train_loss",
+    "train_eval_loss",
     "train_accuracy",
     "val_loss",
     "val_accuracy",
@@ -97,7 +98,7 @@ def history_rows(study: optuna.Study) -> list[dict[str, Any]]:
         for i in range(epochs):
             row: dict[str, Any] = {"trial": t.number}
             row |= {k: config.get(k) for k in ("batch_size", "accumulation_steps", "lr_scaling", "seed")}
-            row["epoch"] = i + 1
+            row["epoch"] = history["epoch"][i]
             row |= {k: (history.get(k) or [None] * epochs)[i] for k in columns}
             rows.append(row)
     return rows

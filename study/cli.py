@@ -10,7 +10,7 @@ import sys
 import typing
 from typing import Any, NoReturn
 
-from study.config import TrainConfig
+from study.config import LR_SCALING_EXPONENTS, TrainConfig
 from study.storage import STORAGE_ENV
 
 EXIT_USAGE = 2
@@ -73,6 +73,32 @@ def resolve_budget(args: argparse.Namespace) -> str:
     on_gpu = args.device != "cpu" and torch.cuda.is_available()
     args.budget = "standard" if on_gpu else "quick"
     return "chosen: CUDA device found" if on_gpu else "chosen: no CUDA device"
+
+
+def parse_arms(prog: str, flag: str, text: str) -> tuple[str, ...]:
+    """Comma-separated lr-scaling arms (none, linear, sqrt), in order, without repeats; one line,
+    exit 2, on anything else."""
+    arms = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+    if not arms or any(a not in LR_SCALING_EXPONENTS for a in arms):
+        fail(prog, f"{flag} takes arms of {', '.join(LR_SCALING_EXPONENTS)}; got {text!r}")
+    return arms
+
+
+def worker_argv(module: str, argv: list[str] | None, *, index: int, resolved: list[str]) -> list[str]:
+    """The command line of worker process ``index`` of ``--workers``: the parent's own arguments
+    (``argv``, or this process's), without ``--workers``, then what the parent resolved (a default
+    study name, the budget, the worker's share), which win over the parent's, and the worker flags."""
+    own = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip = False
+    for arg in own:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            kept.append(arg)
+    return [sys.executable, "-m", module, *kept, *resolved, "--worker-index", str(index), "--quiet"]
 
 
 def check_common(prog: str, args: argparse.Namespace) -> None:

@@ -55,7 +55,12 @@ class TrainConfig:
         label_smoothing: Cross-entropy label smoothing.
         train_subset: Use only this many training images (after the validation split); None: all.
         val_size: Validation images carved from the training split: a count (>= 1) or a fraction.
-        train_eval_size: Size of the fixed training subset on which train accuracy is measured.
+        train_eval_size: Size of the fixed training subset on which train accuracy and loss are
+            measured in eval mode (capped at the training set).
+        eval_every: Evaluate (train subset, validation) every this many epochs, and always at the
+            last epoch and at the epochs a caller asks for (the grid's epoch points).
+        augment: CIFAR-10's standard augmentation (random 4 px crop, horizontal flip); off in the
+            paper protocol. Other datasets have none.
         seed: Seeds the initialization, batch order, dropout and augmentation.
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
@@ -85,6 +90,8 @@ class TrainConfig:
     train_subset: int | None = None
     val_size: float = 0.1
     train_eval_size: int = 1000
+    eval_every: int = 1
+    augment: bool = False
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -174,17 +181,17 @@ def _rate(name: str, value: float, *, upper: float = 1.0) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ValueError naming the first bad field and what it allows."""
-    from study.model import PRESETS  # local: model imports torch/timm, config should stay light
+    from study.model import model_names  # local: model imports torch/timm, config should stay light
 
     _choice("dataset", cfg.dataset, list(DATASET_SIZES))
-    _choice("model", cfg.model, list(PRESETS))
+    _choice("model", cfg.model, model_names())
     _choice("protocol", cfg.protocol, PROTOCOLS)
     _choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _choice("lr_scaling", cfg.lr_scaling, list(LR_SCALING_EXPONENTS))
     _choice("schedule", cfg.schedule, SCHEDULES)
     _choice("device", cfg.device, DEVICES)
     _choice("precision", cfg.precision, PRECISIONS)
-    for name in ("batch_size", "accumulation_steps", "epochs", "reference_batch_size"):
+    for name in ("batch_size", "accumulation_steps", "epochs", "reference_batch_size", "eval_every"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
@@ -212,6 +219,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"seed must be >= 0; got {cfg.seed!r}")
     if cfg.train_eval_size < 1:
         raise ValueError(f"train_eval_size must be >= 1; got {cfg.train_eval_size!r}")
+    if cfg.augment and cfg.dataset != "cifar10":
+        raise ValueError(f"augment is CIFAR-10's crop and flip; {cfg.dataset} has no augmentation")
 
     full_train = DATASET_SIZES[cfg.dataset][0]
     if cfg.val_size <= 0 or (cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size)):

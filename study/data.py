@@ -99,6 +99,19 @@ class DataSplits:
     def image_size(self) -> int:
         return int(self.train_images.shape[-1])
 
+    def training_batch(
+        self, idx: torch.Tensor, generator: torch.Generator, *, channels_last: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model inputs and labels of one effective batch: gathered, augmented (when the run
+        augments) and normalized once, before the step splits it into micro-batches."""
+        images = self.train_images[idx]
+        if self.augment:
+            images = augment(images, generator)
+        x = normalize(images, self.mean, self.std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.train_labels[idx]
+
 
 # --- readers -------------------------------------------------------------------------------------
 def read_idx(path: Path) -> np.ndarray:
@@ -342,7 +355,7 @@ def make_splits(
         test_labels=put(raw.test_labels),
         mean=put(mean),
         std=put(std),
-        augment=cfg.dataset == "cifar10",
+        augment=cfg.augment,
     )
 
 
@@ -383,15 +396,14 @@ def epoch_batches(
     num_samples: int,
     *,
     effective_batch_size: int,
-    micro_batch_size: int,
     generator: torch.Generator,
     device: torch.device | None = None,
-) -> Iterator[list[torch.Tensor]]:
-    """The one place batches are formed and split.
+) -> Iterator[torch.Tensor]:
+    """The one place batches are formed: the effective batches of one epoch.
 
-    Draws a seeded permutation of the training set, cuts it into effective batches, then splits
-    each effective batch into ``effective // micro`` micro-batches. Accumulation therefore changes
-    how a batch is split, never which samples form it.
+    Draws a seeded permutation of the training set and cuts it into effective batches; the
+    training step (``study.train.optimizer_step``) then splits each into micro-batches.
+    Accumulation therefore changes how a batch is split, never which samples form it.
 
     The last incomplete effective batch of an epoch is dropped: every optimizer step then averages
     exactly ``effective_batch_size`` samples, so steps are comparable across accumulation settings
@@ -399,12 +411,9 @@ def epoch_batches(
     systematically; at most ``effective_batch_size - 1`` samples sit out a given epoch.
 
     Yields:
-        For each optimizer step, a list of index tensors on ``device``, one per micro-batch. The
+        For each optimizer step, the index tensor of its effective batch, on ``device``. The
         permutation is drawn on the CPU (same order on every device) and moved once per epoch.
     """
-    if effective_batch_size % micro_batch_size:
-        raise ValueError("effective batch size must be a multiple of the micro-batch size")
     order = torch.randperm(num_samples, generator=generator).to(device or "cpu", non_blocking=True)
     for step in range(num_samples // effective_batch_size):
-        batch = order[step * effective_batch_size : (step + 1) * effective_batch_size]
-        yield list(batch.split(micro_batch_size))
+        yield order[step * effective_batch_size : (step + 1) * effective_batch_size]

@@ -55,8 +55,10 @@ def build_parser() -> ArgumentParser:
         help="quick (smoke run), cpu (the science at CPU scale: the committed results) or standard (the "
         "paper's scale, on a GPU)",
     )
-    parser.add_argument("--seeds", type=int, default=3, help="grid seeds (default: 3)")
-    parser.add_argument("--n-gao", type=int, default=4, help="the accumulation value besides 1 (default: 4)")
+    parser.add_argument("--seeds", type=int, default=5, help="grid seeds (default: 5)")
+    parser.add_argument(
+        "--accumulation-steps", type=int, default=4, help="the accumulation value besides 1 (default: 4)"
+    )
     parser.add_argument(
         "--lr-scaling", default="none,linear,sqrt", help="grid arms (default: none,linear,sqrt)"
     )
@@ -130,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("seeds", "n_trials", "replicate_seeds", "workers"):
         if getattr(args, name) < 1:
             fail(PROG, f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
-    if args.n_gao < 2:
-        fail(PROG, f"--n-gao must be >= 2; got {args.n_gao}")
+    if args.accumulation_steps < 2:
+        fail(PROG, f"--accumulation-steps must be >= 2; got {args.accumulation_steps}")
     arms = [a.strip() for a in args.lr_scaling.split(",") if a.strip()]
     if not arms or any(a not in LR_SCALING_EXPONENTS for a in arms):
         fail(PROG, f"--lr-scaling takes arms of {', '.join(LR_SCALING_EXPONENTS)}; got {args.lr_scaling!r}")
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     step(
         "1/4 the grid",
         "study.grid",
-        [*common, "--seeds", str(args.seeds), "--n-gao", str(args.n_gao), "--lr-scaling", ",".join(arms),
+        [*common, "--seeds", str(args.seeds), "--accumulation-steps", str(args.accumulation_steps), "--lr-scaling", ",".join(arms),
          "--study-name", names["grid"], "--workers", str(args.workers), "--noise-scale"],
         env,
     )  # fmt: skip
@@ -176,11 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print(f"\n== 2/4 the search: {args.n_trials} trials already in {names['search']}", flush=True)
-    values = [v for v in (1, args.n_gao) if v in searched_values(url, names["search"], "accumulation_steps")]
-    if args.n_gao not in values:
-        print(
-            f"note: no search trial has accumulation_steps = {args.n_gao}; only accumulation 1 is replicated"
-        )
+    n = args.accumulation_steps
+    values = [v for v in (1, n) if v in searched_values(url, names["search"], "accumulation_steps")]
+    if n not in values:
+        print(f"note: no search trial has accumulation_steps = {n}; only accumulation 1 is replicated")
     step(
         "3/4 the replication of the best configuration for accumulation 1 and N, without pruning",
         "study.replicate",

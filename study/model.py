@@ -32,6 +32,7 @@ Presets:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,17 @@ PRESETS: dict[str, SwinPreset] = {
     "swin-micro": SwinPreset(embed_dim=96, depths=(2, 2), num_heads=(3, 6)),
 }
 
+# Models other than the Swin presets, by name: a builder called with ``image_size``, ``in_chans``,
+# ``num_classes``, ``dropout`` (the references of ``benchmarks.overfitting`` register theirs for
+# their own process).
+OTHER_MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
+
+
+def model_names() -> list[str]:
+    """Every name ``TrainConfig.model`` accepts."""
+    return [*PRESETS, *OTHER_MODELS]
+
+
 # native image size -> geometry; see the table in the module docstring
 GEOMETRY: dict[int, Geometry] = {
     8: Geometry(input_size=8, patch_size=2, window_size=2),
@@ -97,7 +109,7 @@ def build_model(
     """Build a Swin Transformer for ``image_size`` px inputs (already padded to the geometry's size).
 
     Args:
-        preset: A key of ``PRESETS``.
+        preset: A key of ``PRESETS`` or of ``OTHER_MODELS``.
         image_size: Side of the square input the model sees (the geometry's ``input_size``).
         in_chans: Input channels (1 gray, 3 RGB).
         num_classes: Classifier outputs.
@@ -107,6 +119,10 @@ def build_model(
         geometry: Patch and window size; default: the table's entry whose input size is
             ``image_size``. ``benchmarks.learnability`` passes others to compare them.
     """
+    if preset in OTHER_MODELS:
+        return OTHER_MODELS[preset](
+            image_size=image_size, in_chans=in_chans, num_classes=num_classes, dropout=dropout
+        )
     spec = PRESETS[preset]
     if geometry is None:
         matches = [g for g in GEOMETRY.values() if g.input_size == image_size]

@@ -45,22 +45,26 @@ NOISE_KEYS = ("grad_norm_sq", "grad_trace_sigma", "grad_noise_scale")
 class NoiseScaleMeter:
     """Accumulates the noise-scale estimator over the measured steps of an epoch.
 
-    On a measured step, call ``micro_batch_done()`` after every micro-batch's backward pass (the
-    loss scaled by 1/parts, so ``p.grad`` ends the step as the effective batch's mean gradient)
-    and ``step_done()`` after the last one, before the optimizer step; call ``epoch_values()``
-    once per epoch.
+    ``parts_of(step)`` says in how many micro-batches the trainer runs optimizer step ``step``. On
+    a measured step, call ``micro_batch_done()`` after every micro-batch's backward pass (the loss
+    scaled by 1/parts, so ``p.grad`` ends the step as the effective batch's mean gradient) and
+    ``step_done()`` after the last one, before the optimizer step; call ``epoch_values()`` after
+    each evaluated epoch (it averages the steps since the last call).
 
     Args:
         params: The model's parameters (those with ``requires_grad``).
         small: Examples per micro-batch (b).
         parts: Micro-batches per measured step (n >= 2); the big batch is B = n b.
+        every: Measure one optimizer step in ``every`` (the others run whole, unobserved).
     """
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], *, small: int, parts: int) -> None:
+    def __init__(
+        self, params: Iterable[torch.nn.Parameter], *, small: int, parts: int, every: int = 1
+    ) -> None:
         if parts < 2:
             raise ValueError(f"the noise scale needs at least two micro-batches per step; got {parts}")
         self.params = [p for p in params if p.requires_grad]
-        self.small, self.parts, self.big = small, parts, small * parts
+        self.small, self.parts, self.big, self.every = small, parts, small * parts, every
         self._previous: torch.Tensor | None = None  # the gradients after the last micro-batch, flat
         self._done = 0  # micro-batches done in this step
         self._small_sq = None  # sum over this step's micro-batches of |g_b|^2
@@ -97,6 +101,24 @@ class NoiseScaleMeter:
         self._steps += 1
         self._done, self._small_sq, self._previous = 0, None, None
 
+    @classmethod
+    def for_run(
+        cls, params: Iterable[torch.nn.Parameter], *, effective: int, micro_batches: int
+    ) -> NoiseScaleMeter:
+        """The meter of a run: every step measured over its micro-batches, or, without accumulation,
+        one step in HALVES_EVERY run as two halves (an odd batch cannot be halved; ``TrainConfig``
+        refuses it)."""
+        if micro_batches > 1:
+            return cls(params, small=effective // micro_batches, parts=micro_batches)
+        return cls(params, small=effective // 2, parts=2, every=HALVES_EVERY)
+
+    def parts_of(self, step: int) -> int:
+        """Micro-batches of optimizer step ``step`` (0-based) of a run whose own step is whole when
+        ``every`` > 1: ``parts`` on a measured step, else 1."""
+        if self.every == 1:
+            return self.parts
+        return self.parts if step % self.every == 0 else 1
+
     def epoch_values(self) -> dict[str, float]:
         """The epoch's mean |G|^2 and tr(Sigma) estimates and their ratio (NaN without steps, or when
         the mean |G|^2 estimate is not positive); resets for the next epoch. One device sync."""
@@ -112,12 +134,3 @@ class NoiseScaleMeter:
             }
         self._steps, self._g2_sum, self._trace_sum = 0, None, None
         return values
-
-
-def measured_parts(micro_batches: int, step: int) -> int:
-    """Micro-batches of optimizer step ``step`` (0-based) when the noise scale is measured: the
-    run's own, or, without accumulation, two halves on one step in HALVES_EVERY (else 1: not
-    measured). An odd batch cannot be halved; ``TrainConfig`` refuses it."""
-    if micro_batches > 1:
-        return micro_batches
-    return 2 if step % HALVES_EVERY == 0 else 1

@@ -27,7 +27,7 @@ BUDGET = "budget"
 OBJECTIVES = "objectives"  # "accuracy" or "accuracy,time"
 EPOCH_POINTS = "epoch_points"  # grid: the epochs recorded whole (the paper's 10/20/50 or 1:2:5)
 ARMS = "arms"  # grid: lr-scaling arms of the accumulated runs
-N_GAO = "n_gao"  # grid: the accumulation value besides 1
+ACCUMULATION = "accumulation_steps"  # grid: the accumulation value besides 1 (older grids: "n_gao")
 ROLES = "roles"  # search: parameter -> scientific / nuisance / fixed
 SPACE_DESCRIPTION = "space_description"
 SOURCE_STUDY = "source_study"  # replicate: the study whose trials are re-run
@@ -53,7 +53,9 @@ ATTEMPT_ATTRS = (WORKER, STATUS, FAIL_REASON)
 
 # Per-epoch series stored on each trial (user attr HISTORY), for the overfitting analysis.
 HISTORY_KEYS = (
-    "train_loss",
+    "epoch",  # the evaluated epochs (every epoch unless TrainConfig.eval_every > 1)
+    "train_loss",  # running mean of the steps since the previous evaluated epoch (train mode)
+    "train_eval_loss",  # eval mode, on the fixed training subset: the progress measure
     "train_accuracy",
     "val_loss",
     "val_accuracy",
@@ -68,7 +70,9 @@ HISTORY_KEYS = (
 NOISE_KEYS = ("grad_norm_sq", "grad_trace_sigma", "grad_noise_scale")
 # Recorded at each checkpoint epoch (user attr CHECKPOINTS).
 CHECKPOINT_KEYS = (
+    "train_eval_loss",
     "train_accuracy",
+    "val_loss",
     "val_accuracy",
     "test_accuracy",
     "generalization_gap",
@@ -131,6 +135,19 @@ def write_run(
         )
 
 
+def describe_grid(
+    study: optuna.Study, *, epoch_points: tuple[int, ...], arms: tuple[str, ...], description: str, new: bool
+) -> tuple[str, ...]:
+    """Store a grid's design on its study: the epoch points (once, when ``new``), the lr-scaling arms
+    run so far (a resumed grid adds its arms to the stored ones; returned) and the description."""
+    if new:
+        study.set_user_attr(EPOCH_POINTS, list(epoch_points))
+    every = tuple(dict.fromkeys([*study.user_attrs.get(ARMS, []), *arms]))
+    study.set_user_attr(ARMS, list(every))
+    study.set_user_attr(SPACE_DESCRIPTION, description)
+    return every
+
+
 # --- reading -------------------------------------------------------------------------------------
 def kind(study: optuna.Study | Any) -> str | None:
     """The kind of a study (GRID, SEARCH, REPLICATE), or None for a study made elsewhere.
@@ -143,7 +160,13 @@ def config(trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
 
 
 def history(trial: optuna.trial.FrozenTrial) -> dict[str, list[float]] | None:
-    return trial.user_attrs.get(HISTORY)
+    """The per-epoch series of a trial. Records made before runs could skip evaluations hold every
+    epoch and no ``epoch`` series; it is filled in (1, 2, ...). Keys a record lacks stay absent
+    (older records have no eval-mode ``train_eval_loss``)."""
+    stored = trial.user_attrs.get(HISTORY)
+    if not stored or "epoch" in stored:
+        return stored
+    return {"epoch": list(range(1, len(stored["optimizer_steps"]) + 1)), **stored}
 
 
 def checkpoints(trial: optuna.trial.FrozenTrial) -> dict[str, dict[str, float]]:
@@ -157,4 +180,4 @@ def metric(trial: optuna.trial.FrozenTrial, name: str) -> Any:
 
 def epochs_trained(trial: optuna.trial.FrozenTrial) -> int:
     """Epochs a trial trained (a pruned trial's too; its reports when nothing else was stored)."""
-    return int(trial.user_attrs.get("epochs_trained", len(trial.intermediate_values)))
+    return int(trial.user_attrs.get("epochs_trained", max(trial.intermediate_values, default=0)))

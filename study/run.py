@@ -6,9 +6,7 @@ Every input a user can get wrong is checked before the storage is touched, so a 
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Callable
 
 from search_spaces import SpaceError, available, load_space
 from study import records
@@ -20,6 +18,7 @@ from study.cli import (
     check_common,
     fail,
     resolve_budget,
+    worker_argv,
 )
 from study.config import DATASET_SIZES
 from study.data import DataError, load_raw
@@ -97,27 +96,6 @@ def build_parser() -> ArgumentParser:
     )
     add_training_flags(parser)
     return parser
-
-
-def worker_command(
-    args: argparse.Namespace, space_path: str, study_name: str
-) -> Callable[[int, int], list[str]]:
-    """argv of a worker process that runs ``share`` trials of the same study."""
-
-    def command(index: int, share: int) -> list[str]:
-        argv = [
-            sys.executable, "-m", "study.run",
-            "--dataset", args.dataset, "--space", space_path, "--study-name", study_name,
-            "--n-trials", str(share), "--sampler", args.sampler, "--pruner", args.pruner,
-            "--objectives", ",".join(args.objectives),
-            "--seed", str(args.seed), "--budget", args.budget, "--device", args.device,
-            "--data-dir", args.data_dir, "--worker-index", str(index), "--quiet",
-        ]  # fmt: skip
-        if args.timeout:
-            argv += ["--timeout", str(args.timeout)]
-        return argv
-
-    return command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,7 +187,23 @@ def main(argv: list[str] | None = None) -> int:
                 url,
                 total=args.n_trials,
                 workers=args.workers,
-                command=worker_command(args, str(space.path), study_name),
+                command=lambda index, share: worker_argv(
+                    "study.run",
+                    argv,
+                    index=index,
+                    resolved=[
+                        "--space",
+                        str(space.path),
+                        "--study-name",
+                        study_name,
+                        "--budget",
+                        args.budget,
+                        "--pruner",
+                        args.pruner,
+                        "--n-trials",
+                        str(share),
+                    ],
+                ),  # fmt: skip
                 prog=PROG,
                 quiet=args.quiet,
             )

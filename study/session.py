@@ -285,11 +285,14 @@ def _matches(params: dict[str, Any], other: dict[str, Any]) -> bool:
     return all(other.get(k) == v for k, v in params.items())
 
 
-def missing_runs(study: optuna.Study, wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def missing_runs(
+    study: optuna.Study, wanted: list[dict[str, Any]], *, defaults: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """The fixed-parameter runs of ``wanted`` without a settled trial (``study.workers.settled``:
     a killed or interrupted run is still missing), so a resumed grid or replication runs only
-    what is missing."""
-    done = [t.params for t in study.get_trials(deepcopy=False) if settled(t)]
+    what is missing. ``defaults`` fill parameters that trials of an older design did not have
+    (a grid's ``epochs``, before grids had step-matched runs)."""
+    done = [{**(defaults or {}), **t.params} for t in study.get_trials(deepcopy=False) if settled(t)]
     return [params for params in wanted if not any(_matches(params, p) for p in done)]
 
 

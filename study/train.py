@@ -6,6 +6,7 @@ each epoch's metrics and returns True to stop the run.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import resource
@@ -19,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from study.config import TrainConfig
-from study.data import DataSplits, RawDataset, augment, epoch_batches, load_raw, make_splits, normalize
+from study.data import DataSplits, RawDataset, epoch_batches, load_raw, make_splits, normalize
 from study.jsonsafe import finite_or_none
 from study.model import Geometry, build_model, count_parameters, geometry_for
-from study.noise import NOISE_KEYS, NoiseScaleMeter, measured_parts
+from study.noise import NOISE_KEYS, NoiseScaleMeter
 
 EVAL_BATCH_SIZE = 1024
 # How often (in optimizer steps) the running loss is checked for NaN/inf. Each check is a device
@@ -39,7 +40,8 @@ class EpochMetrics:
     """What every epoch records (DESIGN.md, "Metrics every run records")."""
 
     epoch: int
-    train_loss: float
+    train_loss: float  # running mean over the steps since the last evaluation (train mode)
+    train_eval_loss: float  # eval mode, fixed training subset: the progress measure
     train_accuracy: float  # eval mode, fixed training subset
     val_loss: float
     val_accuracy: float
@@ -49,7 +51,7 @@ class EpochMetrics:
     lr: float  # learning rate at the last step of the epoch
     wall_seconds: float  # cumulative, training and evaluation
     train_seconds: float  # cumulative, training only
-    images_per_second: float  # this epoch's training samples / its training seconds
+    images_per_second: float  # training samples since the last evaluation / their training seconds
     peak_memory_bytes: int
     test_accuracy: float | None = None  # only at the epochs train() was asked to test (test_at)
     # Gradient noise scale (study.noise), only when TrainConfig.noise_scale is on: the epoch's
@@ -186,6 +188,47 @@ def evaluate(
     return loss_sum.item() / n, correct.item() / n
 
 
+def optimizer_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    parts: int,
+    autocast: torch.autocast,
+    label_smoothing: float = 0.0,
+    meter: NoiseScaleMeter | None = None,
+) -> torch.Tensor:
+    """One optimizer step on an effective batch ``x`` (B, C, H, W), accumulated over ``parts``
+    micro-batches of B / parts: the one place a batch is split. Returns the batch's mean loss.
+
+    Each micro-batch loss is divided by ``parts``, so the summed gradients are exactly the gradient
+    of the effective batch's mean loss: accumulation is the larger batch. ``meter`` (the gradient
+    noise scale) only reads the gradients after each backward pass.
+    """
+    mean_loss = torch.zeros((), device=x.device)
+    for x_micro, y_micro in zip(x.split(len(x) // parts), y.split(len(y) // parts), strict=True):
+        with autocast:
+            logits = net(x_micro)
+        loss = F.cross_entropy(logits.float(), y_micro, label_smoothing=label_smoothing) / parts
+        loss.backward()
+        mean_loss += loss.detach()
+        if meter is not None:
+            meter.micro_batch_done()
+    if meter is not None:
+        meter.step_done()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return mean_loss
+
+
+def evaluated_epochs(cfg: TrainConfig, test_at: Collection[int] = ()) -> set[int]:
+    """The epochs after which a run is measured: every ``cfg.eval_every``-th, the last, and
+    ``test_at`` (a grid's epoch points)."""
+    epochs = set(range(cfg.eval_every, cfg.epochs + 1, cfg.eval_every)) | {cfg.epochs}
+    return epochs | {e for e in test_at if 1 <= e <= cfg.epochs}
+
+
 def train(
     cfg: TrainConfig,
     on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
@@ -198,8 +241,8 @@ def train(
 
     Args:
         cfg: The run.
-        on_epoch: Called after every epoch with its metrics; returning True stops the run
-            (status ``stopped``), which is how a caller prunes.
+        on_epoch: Called after every evaluated epoch (``evaluated_epochs``) with its metrics;
+            returning True stops the run (status ``stopped``), which is how a caller prunes.
         raw: Already-loaded dataset (saves re-reading files when a process trains many configs).
         test_at: Epochs after which test accuracy is also measured (the paper's 10/20/50-epoch
             points of one long constant-lr run). Test accuracy is never used for selection.
@@ -207,8 +250,9 @@ def train(
             image size (``benchmarks.learnability`` passes others to compare them).
 
     Returns:
-        The status, the per-epoch history and the ``final`` metrics (those of the last epoch plus
-        test accuracy). A non-finite training loss ends the run with status ``diverged``.
+        The status, the history of the evaluated epochs and the ``final`` metrics (those of the
+        last epoch plus test accuracy). A non-finite training loss ends the run with status
+        ``diverged``.
     """
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -229,119 +273,63 @@ def train(
         drop_path=cfg.drop_path,
         geometry=geometry,
     ).to(device)
-    num_parameters = count_parameters(model)
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
     net = torch.compile(model) if cfg.compile else model
     autocast = _autocast(device, cfg.precision)
+    measure = Measurement(net, data, autocast=autocast, channels_last=channels_last, test_at=test_at)
 
     order_generator = torch.Generator().manual_seed(cfg.seed)
     augment_generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    micro, effective = cfg.micro_batch_size, cfg.effective_batch_size
-    n_micro = effective // micro
+    effective, n_micro = cfg.effective_batch_size, cfg.accumulation_steps  # micro-batches per step
+    # The noise meter needs two batch sizes per step: the micro-batches of an accumulated step, or,
+    # without accumulation, the two halves of one step in HALVES_EVERY (the same update).
     meter = None
-    if cfg.noise_scale:  # without accumulation, some steps run as two halves, for the measurement only
-        halves_or_own = max(2, n_micro)
-        meter = NoiseScaleMeter(model.parameters(), small=effective // halves_or_own, parts=halves_or_own)
+    if cfg.noise_scale:
+        meter = NoiseScaleMeter.for_run(model.parameters(), effective=effective, micro_batches=n_micro)
     num_train = len(data.train_labels)
     steps_per_epoch = num_train // effective
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    schedule = functools.partial(
+        learning_rate,
+        peak_lr=cfg.lr,
+        total_steps=steps_per_epoch * cfg.epochs,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        schedule=cfg.schedule,
+    )
+    evaluate_after = evaluated_epochs(cfg, test_at)
 
     history: list[EpochMetrics] = []
     status = COMPLETED
-    step, samples_seen, lr = 0, 0, cfg.lr
-    train_seconds = 0.0
-    start = time.perf_counter()
+    progress = Progress()
     for epoch in range(1, cfg.epochs + 1):
         net.train()
-        _sync(device)
-        epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)  # sum of the micro-batches' mean losses
-        epoch_steps = 0
+        progress.start_epoch(device)
         batches = epoch_batches(
-            num_train,
-            effective_batch_size=effective,
-            micro_batch_size=micro,
-            generator=order_generator,
-            device=device,
+            num_train, effective_batch_size=effective, generator=order_generator, device=device
         )
-        for micro_batches in batches:
-            lr = learning_rate(
-                step,
-                peak_lr=cfg.lr,
-                total_steps=total_steps,
-                warmup_steps=warmup_steps,
-                schedule=cfg.schedule,
-            )
+        for idx in batches:
+            lr = schedule(progress.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            # Gather, augment and normalize the effective batch once, then split the tensors:
-            # per-micro-batch work is only the forward/backward (fewer small ops per step), and
-            # augmentation does not depend on how the batch is split.
-            idx = micro_batches[0] if n_micro == 1 else torch.cat(micro_batches)
-            images = data.train_images[idx]
-            if data.augment:
-                images = augment(images, augment_generator)
-            x = normalize(images, data.mean, data.std)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            parts = n_micro if meter is None else measured_parts(n_micro, step)
-            measured = meter is not None and parts > 1
-            size = effective // parts
-            for x_micro, y_micro in zip(x.split(size), data.train_labels[idx].split(size), strict=True):
-                with autocast:
-                    logits = net(x_micro)
-                loss = F.cross_entropy(logits.float(), y_micro, label_smoothing=cfg.label_smoothing)
-                # Each micro-batch is 1/parts of the effective batch: the summed gradients are
-                # then the gradient of the effective batch's mean loss, exactly.
-                (loss / parts if parts > 1 else loss).backward()
-                # divided by n_micro once, at the end of the epoch; a step measured as two halves
-                # counts as the one micro-batch it is
-                loss_sum += loss.detach() if parts == n_micro else loss.detach() * (n_micro / parts)
-                if measured:
-                    meter.micro_batch_done()
-            if measured:
-                meter.step_done()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            epoch_steps += 1
-            samples_seen += effective
-            if epoch_steps % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+            x, y = data.training_batch(idx, augment_generator, channels_last=channels_last)
+            parts = n_micro if meter is None else meter.parts_of(progress.steps)
+            watching = meter if meter is not None and parts > 1 else None
+            loss = optimizer_step(
+                net, optimizer, x, y, parts=parts, autocast=autocast, label_smoothing=cfg.label_smoothing,
+                meter=watching,
+            )  # fmt: skip
+            progress.step_done(loss, effective, lr)
+            if progress.steps % DIVERGENCE_CHECK_EVERY == 0 and not progress.finite():
                 status = DIVERGED
                 break
-        _sync(device)
-        epoch_train_seconds = time.perf_counter() - epoch_start
-        train_seconds += epoch_train_seconds
-        train_loss = loss_sum.item() / max(1, epoch_steps * n_micro)  # mean of the steps' mean losses
-        if not math.isfinite(train_loss):
+        progress.end_epoch(device)
+        if not progress.finite():
             status = DIVERGED
-        eval_args = {"autocast": autocast, "channels_last": channels_last}
-        train_acc = evaluate(net, data.train_eval_images, data.train_eval_labels, data, **eval_args)[1]
-        val_loss, val_acc = evaluate(net, data.val_images, data.val_labels, data, **eval_args)
-        test_acc = None
-        if epoch in test_at:
-            test_acc = evaluate(net, data.test_images, data.test_labels, data, **eval_args)[1]
-        metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_accuracy=train_acc,
-            val_loss=val_loss,
-            val_accuracy=val_acc,
-            generalization_gap=train_acc - val_acc,
-            optimizer_steps=step,
-            samples_seen=samples_seen,
-            lr=lr,
-            wall_seconds=time.perf_counter() - start,
-            train_seconds=train_seconds,
-            images_per_second=epoch_steps * effective / max(epoch_train_seconds, 1e-9),
-            peak_memory_bytes=_peak_memory_bytes(device),
-            test_accuracy=test_acc,
-            **(meter.epoch_values() if meter is not None else {}),
-        )
+        if epoch not in evaluate_after and status != DIVERGED:
+            continue
+        metrics = measure(epoch, progress, noise=meter.epoch_values() if meter is not None else {})
         history.append(metrics)
         if status == DIVERGED:
             break
@@ -349,20 +337,18 @@ def train(
             status = STOPPED
             break
 
-    test_loss, test_acc = evaluate(
-        net, data.test_images, data.test_labels, data, autocast=autocast, channels_last=channels_last
-    )
+    test_loss, test_acc = measure.test()
     last = history[-1]
     final = last.as_dict()
     final.update(
         test_loss=test_loss,
         test_accuracy=test_acc,
         images_per_second=last.samples_seen / max(last.train_seconds, 1e-9),
-        wall_seconds=time.perf_counter() - start,
+        wall_seconds=progress.wall_seconds(),
         lr=cfg.lr,  # the scaled peak rate; the per-epoch history has the scheduled values
         effective_batch_size=effective,
         micro_batch_size=cfg.micro_batch_size,
-        epochs_trained=len(history),
+        epochs_trained=last.epoch,
     )
     return TrainResult(
         status=status,
@@ -370,9 +356,106 @@ def train(
         history=history,
         final=final,
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        num_parameters=num_parameters,
+        num_parameters=count_parameters(model),
         model=model,
     )
+
+
+class Progress:
+    """Counters of a run: optimizer steps, samples, the training loss since the last evaluation
+    (a device tensor: no host sync per step), and the clocks (training seconds exclude evaluation)."""
+
+    def __init__(self) -> None:
+        self.steps = self.samples = 0
+        self.lr = math.nan
+        self.start = time.perf_counter()
+        self.train_seconds = 0.0
+        self._reset_interval()
+
+    def _reset_interval(self) -> None:
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.interval_steps = self.interval_samples = 0
+        self.interval_seconds = 0.0
+
+    def start_epoch(self, device: torch.device) -> None:
+        _sync(device)
+        self._epoch_start = time.perf_counter()
+
+    def step_done(self, loss: torch.Tensor, samples: int, lr: float) -> None:
+        self.loss_sum = self.loss_sum + loss
+        self.steps += 1
+        self.interval_steps += 1
+        self.samples += samples
+        self.interval_samples += samples
+        self.lr = lr
+
+    def end_epoch(self, device: torch.device) -> None:
+        _sync(device)
+        seconds = time.perf_counter() - self._epoch_start
+        self.train_seconds += seconds
+        self.interval_seconds += seconds
+
+    def finite(self) -> bool:
+        """Whether the training loss so far in this interval is finite (one device sync)."""
+        return bool(math.isfinite(float(self.loss_sum)))
+
+    def take_interval(self) -> tuple[float, float]:
+        """The mean training loss (train mode, running) of the steps since the last evaluation and
+        their training images per second; starts the next interval."""
+        loss = float(self.loss_sum) / max(1, self.interval_steps)
+        speed = self.interval_samples / max(self.interval_seconds, 1e-9)
+        self._reset_interval()
+        return loss, speed
+
+    def wall_seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+class Measurement:
+    """What is measured after an evaluated epoch: the fixed training subset and the validation
+    split in eval mode, and the test split at the ``test_at`` epochs."""
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        data: DataSplits,
+        *,
+        autocast: torch.autocast,
+        channels_last: bool,
+        test_at: Collection[int],
+    ) -> None:
+        self.net, self.data, self.test_at = net, data, set(test_at)
+        self.kwargs = {"autocast": autocast, "channels_last": channels_last, "data": data}
+        self.device = data.train_images.device
+
+    def test(self) -> tuple[float, float]:
+        return evaluate(self.net, self.data.test_images, self.data.test_labels, **self.kwargs)
+
+    def __call__(self, epoch: int, progress: Progress, *, noise: dict[str, float]) -> EpochMetrics:
+        train_loss, images_per_second = progress.take_interval()
+        d = self.data
+        train_eval_loss, train_acc = evaluate(
+            self.net, d.train_eval_images, d.train_eval_labels, **self.kwargs
+        )
+        val_loss, val_acc = evaluate(self.net, d.val_images, d.val_labels, **self.kwargs)
+        return EpochMetrics(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_eval_loss=train_eval_loss,
+            train_accuracy=train_acc,
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            generalization_gap=train_acc - val_acc,
+            optimizer_steps=progress.steps,
+            samples_seen=progress.samples,
+            lr=progress.lr,
+            wall_seconds=progress.wall_seconds(),
+            train_seconds=progress.train_seconds,
+            images_per_second=images_per_second,
+            peak_memory_bytes=_peak_memory_bytes(self.device),
+            test_accuracy=self.test()[1] if epoch in self.test_at else None,
+            **noise,
+        )
 
 
 def format_epoch(m: EpochMetrics, epochs: int) -> str:

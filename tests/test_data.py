@@ -115,23 +115,13 @@ def test_batched_augmentation_equals_per_sample_crop_and_flip():
         assert torch.equal(out[i], expected), i
 
 
-def test_accumulation_changes_the_split_never_the_samples():
-    whole = list(
-        epoch_batches(
-            100, effective_batch_size=32, micro_batch_size=32, generator=torch.Generator().manual_seed(5)
-        )
-    )
-    split = list(
-        epoch_batches(
-            100, effective_batch_size=32, micro_batch_size=8, generator=torch.Generator().manual_seed(5)
-        )
-    )
-    assert len(whole) == len(split) == 3  # 100 // 32: the incomplete last batch is dropped
-    for (batch,), micro in zip(whole, split, strict=True):
-        assert len(micro) == 4 and all(len(m) == 8 for m in micro)
-        assert torch.equal(batch, torch.cat(micro))
-    seen = torch.cat([b for (b,) in whole])
+def test_an_epoch_is_cut_into_whole_effective_batches():
+    batches = list(epoch_batches(100, effective_batch_size=32, generator=torch.Generator().manual_seed(5)))
+    assert [len(b) for b in batches] == [32, 32, 32]  # 100 // 32: the incomplete last batch is dropped
+    seen = torch.cat(batches)
     assert len(set(seen.tolist())) == 96
+    again = list(epoch_batches(100, effective_batch_size=32, generator=torch.Generator().manual_seed(5)))
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))  # seeded
 
 
 # --- real-file robustness (issue 10) -------------------------------------------------------------

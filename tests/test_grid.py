@@ -44,8 +44,8 @@ def test_quick_grid_on_digits_has_six_runs_with_three_epoch_points(tmp_path):
             ):
                 assert m[key] is not None, key
         assert sorted(t.intermediate_values) == [1, 2, 3, 4, 5]
-        # steps at each point follow from the effective batch: 1293 // (batch x accumulation) per epoch
-        per_epoch = 1293 // (t.params["batch_size"] * t.params["accumulation_steps"])
+        # steps at each point follow from the effective batch: 1024 // (batch x accumulation) per epoch
+        per_epoch = 1024 // (t.params["batch_size"] * t.params["accumulation_steps"])
         assert [points[e]["optimizer_steps"] for e in ("1", "2", "5")] == [
             per_epoch,
             2 * per_epoch,
@@ -86,15 +86,42 @@ def test_quick_grid_on_digits_has_six_runs_with_three_epoch_points(tmp_path):
     }
 
 
+@pytest.mark.slow
+def test_step_matched_runs_make_their_baselines_steps_and_twins_join_the_grid(tmp_path):
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    proc = run_grid(
+        "--dataset", "digits", "--budget", "quick", "--storage", url, "--quiet", "--step-matched", "none", "--twins"
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "accumulated runs of none train 4 x 5 epochs (step-matched)" in proc.stdout
+    runs = {
+        (t.params["batch_size"], t.params["accumulation_steps"]): t
+        for t in optuna.load_study(study_name="digits-grid-quick", storage=url).get_trials()
+    }
+    # 3 baselines, 3 step-matched accumulated runs, the twins 64 x 4 -> 256 x 1 and 128 x 4 -> 512 x 1
+    assert set(runs) == {(32, 1), (64, 1), (128, 1), (32, 4), (64, 4), (128, 4), (256, 1), (512, 1)}
+    for batch in (32, 64, 128):
+        base, accumulated = runs[(batch, 1)], runs[(batch, 4)]
+        assert base.params["epochs"] == 5 and accumulated.params["epochs"] == 20
+        assert accumulated.user_attrs["optimizer_steps"] == base.user_attrs["optimizer_steps"] == 5 * 1024 // batch
+        points = accumulated.user_attrs["checkpoints"]
+        assert sorted(points, key=int) == ["1", "2", "4", "5", "8", "20"]  # equal epochs and 4 x them
+        assert points["20"]["optimizer_steps"] == base.user_attrs["checkpoints"]["5"]["optimizer_steps"]
+        # evaluated as often per optimizer step as the baseline: every 4 epochs, plus the points
+        assert accumulated.user_attrs["history"]["epoch"] == [1, 2, 4, 5, 8, 12, 16, 20]
+    for twin in (256, 512):
+        assert runs[(twin, 1)].params["epochs"] == 5 and runs[(twin, 1)].user_attrs["config"]["lr"] == 1e-3
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--n-gao", "1"], "--n-gao must be >= 2"),
+        (["--accumulation-steps", "1"], "--accumulation-steps must be >= 2"),
         (["--seeds", "0"], "--seeds must be >= 1"),
         (["--workers", "0"], "--workers must be >= 1"),
         (["--storage", "not a url"], "malformed storage URL"),
         (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
-        (["--n-gao", "64"], "the grid cannot run on digits: effective batch 2048"),
+        (["--accumulation-steps", "64"], "the grid cannot run on digits: effective batch 2048"),
         (["--lr-scaling", "none,cubic"], "--lr-scaling takes arms of none, linear, sqrt"),
         (["--budget", "huge"], "invalid choice: 'huge'"),
     ],
