@@ -285,6 +285,94 @@ def load_raw(dataset: str, data_dir: str | Path) -> RawDataset:
     raise ValueError(f"unknown dataset {dataset!r}")
 
 
+# --- CIFAR-10 from an archive of JPEG images ----------------------------------------------------
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_TRAIN_BATCHES = 5
+
+
+def write_cifar10_from_jpegs(archive: str | Path, data_dir: str | Path) -> Path:
+    """Write CIFAR-10's official python layout (``data_batch_1..5``, ``test_batch``,
+    ``batches.meta`` in ``DATA_DIR/cifar-10-batches-py``) from a tar archive of JPEG images in
+    class folders (``train/<class>/<name>.jpg``, ``test/<class>/<name>.jpg``, as in the public
+    JPEG copies of CIFAR-10), so that ``--dataset cifar10 --data-dir DATA_DIR`` reads it offline.
+
+    Images are ordered by name, then shuffled with a fixed seed (classes interleaved, as in the
+    official batches), so the same archive always gives the same files. JPEG is lossy: the pixels
+    are close to, not equal to, the official ones; the labels are the class folders.
+
+    Raises:
+        DataUnavailableError: the archive is not there.
+        DataFileError: it is not a readable tar archive of 32x32 JPEGs in the ten class folders.
+    """
+    import io
+    import random
+    import tarfile
+
+    from PIL import Image, UnidentifiedImageError
+
+    archive = Path(archive)
+    if not archive.is_file():
+        raise DataUnavailableError(f"{archive}: no such archive; give the path of a tar of CIFAR-10 JPEGs")
+    items: dict[str, list[tuple[str, bytes]]] = {"train": [], "test": []}
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if member.isfile() and len(parts) == 3 and parts[0] in items:
+                    items[parts[0]].append((member.name, tar.extractfile(member).read()))
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise DataFileError(f"{archive}: not a readable tar archive ({exc}); replace the file") from None
+    splits = {}
+    for split, members in items.items():
+        if not members:
+            raise DataFileError(f"{archive}: no {split}/<class>/<image>.jpg files in it")
+        members.sort()
+        random.Random(0).shuffle(members)
+        images, labels = [], []
+        for name, blob in members:
+            label = name.split("/")[1]
+            if label not in CIFAR10_CLASSES:
+                raise DataFileError(
+                    f"{archive}: {name} is in no CIFAR-10 class folder ({', '.join(CIFAR10_CLASSES)})"
+                )
+            try:
+                image = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataFileError(
+                    f"{archive}: {name} is not a readable image ({exc}); replace the archive"
+                ) from None
+            if image.shape != (32, 32, 3):
+                raise DataFileError(f"{archive}: {name} is {image.shape[1]}x{image.shape[0]}, not 32x32")
+            images.append(image.transpose(2, 0, 1).reshape(-1))  # RGB planes, as the official rows
+            labels.append(CIFAR10_CLASSES.index(label))
+        splits[split] = (np.stack(images), labels)
+    folder = Path(data_dir) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = splits["train"]
+    per = len(y) // CIFAR10_TRAIN_BATCHES
+    for i in range(CIFAR10_TRAIN_BATCHES):
+        rows = slice(i * per, (i + 1) * per)
+        _write_pickle(
+            folder / f"data_batch_{i + 1}",
+            {"batch_label": f"training batch {i + 1} of 5", "data": x[rows], "labels": y[rows]},
+        )
+    x, y = splits["test"]
+    _write_pickle(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "data": x, "labels": y})
+    _write_pickle(
+        folder / "batches.meta",
+        {"label_names": list(CIFAR10_CLASSES), "num_cases_per_batch": per, "num_vis": 3072},
+    )
+    return folder
+
+
+def _write_pickle(path: Path, obj: object) -> None:
+    """Write then rename, so that a stopped build never leaves a half-written batch behind."""
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    partial.replace(path)
+
+
 # --- splits --------------------------------------------------------------------------------------
 def make_splits(
     cfg: TrainConfig,

@@ -108,6 +108,29 @@ def small_studies(tmp_path_factory):
     return url
 
 
+# The offline CIFAR-10 (35,000 real images as JPEGs) that the development and CI machines keep in
+# ../shared beside the repository; STUDY_CIFAR10_ARCHIVE points elsewhere.
+SHARED_CIFAR10_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
+
+
+def cifar10_archive() -> Path:
+    import os
+
+    return Path(os.environ.get("STUDY_CIFAR10_ARCHIVE", SHARED_CIFAR10_ARCHIVE))
+
+
+@pytest.fixture(scope="session")
+def real_cifar10(tmp_path_factory) -> Path:
+    """The real CIFAR-10 images in the official python layout, built once per session into a
+    temporary folder (``python -m study.prepare cifar10 ARCHIVE``); returns the data dir."""
+    archive = cifar10_archive()
+    require(archive.is_file(), f"the offline CIFAR-10 archive is not at {archive} (STUDY_CIFAR10_ARCHIVE)")
+    data_dir = tmp_path_factory.mktemp("cifar10")
+    proc = cli("study.prepare", "cifar10", str(archive), "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stderr
+    return data_dir
+
+
 def require(available: bool, reason: str) -> None:
     """Skip a test whose system dependency (Chromium, PostgreSQL) is missing on this machine, but
     fail it under ``.ci/run`` (STUDY_TESTS_REQUIRE_ALL=1), which installs every dependency: CI

@@ -196,3 +196,41 @@ def test_damaged_data_exits_2_with_one_line_everywhere(tmp_path, kind, command):
     assert proc.stderr.count("\n") == 1 and name in proc.stderr and "Traceback" not in proc.stderr
     assert "search_spaces" not in proc.stderr  # the data file is the culprit, not the space
     assert not db.exists()  # the storage is untouched
+
+
+# --- CIFAR-10 from the offline JPEG archive --------------------------------------------------------
+def test_cifar10_built_from_the_real_archive_loads_as_30000_and_5000_balanced_images(real_cifar10):
+    raw = load_raw("cifar10", real_cifar10)
+    assert raw.train_images.shape == (30_000, 3, 32, 32) and raw.test_images.shape == (5_000, 3, 32, 32)
+    assert raw.train_images.dtype == torch.uint8
+    assert torch.bincount(raw.train_labels).tolist() == [3_000] * 10
+    assert torch.bincount(raw.test_labels).tolist() == [500] * 10
+    # classes interleaved, as in the official batches: the first batch holds every class
+    assert len(set(raw.train_labels[:6000].tolist())) == 10
+    assert raw.train_images.float().std() > 40  # real pictures, not a constant
+
+
+@pytest.mark.parametrize("damage", ["missing", "not-an-archive", "truncated", "no-class-folders"])
+def test_a_missing_or_corrupt_cifar10_archive_is_one_line_and_exit_2(tmp_path, damage):
+    import tarfile
+
+    from tests.conftest import cifar10_archive, cli, require
+
+    archive = tmp_path / "c.tar.gz"
+    if damage == "not-an-archive":
+        archive.write_bytes(b"not a tar file\n" * 100)
+    elif damage == "truncated":
+        real = cifar10_archive()
+        require(real.is_file(), f"the offline CIFAR-10 archive is not at {real}")
+        archive.write_bytes(real.read_bytes()[:300_000])
+    elif damage == "no-class-folders":
+        image = tmp_path / "x.jpg"
+        image.write_bytes(b"\xff\xd8 not really a jpeg")
+        with tarfile.open(archive, "w:gz") as tar:
+            tar.add(image, arcname="pictures/x.jpg")
+    out = tmp_path / "data"
+    proc = cli("study.prepare", "cifar10", str(archive), "--data-dir", str(out))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("study.prepare: error: ") and str(archive) in lines[0]
+    assert not (out / "cifar-10-batches-py" / "test_batch").exists()  # nothing half-written to read
