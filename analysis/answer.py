@@ -1,21 +1,26 @@
-"""The committed outcome of an experiment: ``results/DATASET-BUDGET/``, written by ``write_results``.
+"""The answer of a grid, as document blocks, and the committed outcome of an experiment.
 
-``write_results`` reads the studies of one experiment (grid, search, replicate) and writes:
+``verdict_blocks`` is the one builder of the verdict's tables and sentences: the results report
+(``write_results``), the study report (``analysis.report``) and ``python -m analysis.overfitting``
+render the same blocks (``analysis.document``), as markdown, HTML or text.
 
-* ``report.md``: the answer (the verdict per lr-scaling arm with its numbers, at matched epochs and
-  at exactly matched optimizer steps; training time with and without accumulation; whether tuning
-  recovers the accuracy lost with accumulation; the gradient noise scale when the grid measured
-  it, ``analysis.noise``), with ``figures/*.png``;
-* ``verdict.json``: the same numbers, machine-readable;
+``write_results`` reads the studies of one experiment (grid, search, replicate) and writes
+``results/DATASET-BUDGET/``:
+
+* ``report.md`` with ``figures/*.png``: first the equivalence table (accumulation against the
+  same update without it), then per lr-scaling arm the verdict, the predictions, the comparisons
+  at matched training progress (equal training loss, best epoch), the comparisons at matched epochs
+  and optimizer steps (progress, not generalization), the training time, the figures; whether
+  scaling the lr and tuning recover the loss; the gradient noise scale when the grid measured it;
+* ``verdict.json``: the same numbers, machine-readable, with the scale and the baseline's
+  overfitting criterion;
 * ``grid-runs.csv``, ``grid-history.csv``, ``search-trials.csv``, ``search-history.csv``,
   ``replicate-runs.csv``: the trials and their per-epoch histories (``analysis.export``);
 * ``records/*.jsonl``: every settled trial whole, from which ``study.experiment`` resumes on a
   machine without the database.
 
-The answer is drawn from the designed runs only: the grid (every seed, every lr-scaling arm) for
-the verdict, the unpruned replicates of the best searched configurations for the tuning question.
-The search's own trials are selected, not sampled, and Hyperband prunes accumulated trials at equal
-epochs, so they feed no claim here. The storage is only read.
+The answer is drawn from the designed runs only: the grid for the verdict, the unpruned replicates
+of the best searched configurations for the tuning question. The storage is only read.
 """
 
 from __future__ import annotations
@@ -28,62 +33,176 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
-from scipy import stats
 
 from analysis import noise
-from analysis.document import write_png
+from analysis.document import Block, Document, Heading, Paragraph, Table, write_markdown
 from analysis.export import history_rows, run_rows, write_csv, write_records
-from analysis.figures import steps_figure
-from analysis.stats import mean_ci
-from analysis.verdict import METRICS, ArmAnalysis, analyse, ci_dict, recovery, runs_from_study
+from analysis.figures import progress_figure, steps_figure
+from analysis.stats import MeanCI, mean_ci, welch
+from analysis.verdict import (
+    AT_EQUAL_LOSS,
+    AT_MINIMUM,
+    METRICS,
+    PREDICTION_TEXT,
+    ArmAnalysis,
+    Row,
+    Run,
+    analyse,
+    minimum,
+    reason,
+    recovery,
+    runs_from_study,
+    twins,
+)
 from study import records
-from study.cli import render_table
 from study.jsonsafe import finite_or_none
 from study.session import StudyError, load_studies
 from study.storage import open_storage, study_exists
 
-LABELS = {"train_accuracy": "train acc", "val_accuracy": "val acc", "generalization_gap": "gap"}
+LABELS = {
+    "train_accuracy": "train acc",
+    "val_accuracy": "val acc",
+    "generalization_gap": "gap",
+    "val_loss": "val loss",
+    "rise": "rise after the minimum",
+    "epoch_ratio": "epochs (x)",
+    "steps_ratio": "steps (x)",
+}
 
 
-def fmt(ci: dict[str, float], digits: int = 3) -> str:
-    if ci["mean"] is None or math.isnan(ci["mean"]):
-        return "-"
-    if math.isnan(ci["low"]):
-        return f"{ci['mean']:+.{digits}f}"
-    return f"{ci['mean']:+.{digits}f} [{ci['low']:+.{digits}f}, {ci['high']:+.{digits}f}]"
+def cell(metric: str, ci: MeanCI) -> str:
+    return ci.ratio() if metric.endswith("ratio") else ci.format()
 
 
-def ratio(ci: dict[str, float]) -> str:
-    if math.isnan(ci["low"]):
-        return f"{ci['mean']:.2f}x"
-    return f"{ci['mean']:.2f}x [{ci['low']:.2f}, {ci['high']:.2f}]"
+def effect_table(rows: list[Row], metrics: tuple[str, ...]) -> Table:
+    """One line per row: where, the pooled effects (mean [95% CI], n = seeds) and the pairs."""
+    header = ["where", *(LABELS[m] for m in metrics), "pairs"]
+    body = [[r.where, *(cell(m, r.effects[m]) for m in metrics),
+             f"{r.pairs}" + (f" ({r.left_out} left out)" if r.left_out else "")] for r in rows]  # fmt: skip
+    return Table(header, body)
 
 
-def welch(a: list[float], b: list[float]) -> dict[str, float]:
-    """mean(b) - mean(a) with a Welch t 95% interval (independent runs, unequal variances)."""
-    if len(a) < 2 or len(b) < 2:
-        diff = (sum(b) / len(b) - sum(a) / len(a)) if a and b else math.nan
-        return {"mean": diff, "low": math.nan, "high": math.nan, "n": min(len(a), len(b))}
-    ma, mb = sum(a) / len(a), sum(b) / len(b)
-    va = sum((x - ma) ** 2 for x in a) / (len(a) - 1) / len(a)
-    vb = sum((x - mb) ** 2 for x in b) / (len(b) - 1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return {"mean": mb - ma, "low": mb - ma, "high": mb - ma, "n": min(len(a), len(b))}
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.975, dof)) * se
-    return {"mean": mb - ma, "low": mb - ma - half, "high": mb - ma + half, "n": min(len(a), len(b))}
+def predictions_table(a: ArmAnalysis) -> Table:
+    values = a.predictions.__dict__
+    return Table(["prediction", "held"], [[PREDICTION_TEXT[k], {True: "yes", False: "no", None: "n/a"}[v]]
+                                          for k, v in values.items()])  # fmt: skip
 
 
+def arm_blocks(a: ArmAnalysis, runs: list[Run], *, prefix: str = "") -> list[Block]:
+    """The blocks of one arm: verdict, predictions, the comparisons, time, figures."""
+    blocks: list[Block] = [
+        Heading(f"lr scaling `{a.arm}`, accumulation {a.accumulation_steps} vs 1 ({len(a.seeds)} seeds)", 3),
+        Paragraph(f"**Verdict: {a.verdict}.** {reason(a)}."),
+        predictions_table(a),
+        Paragraph("At equal training loss (the baseline of the same seed interpolated at the accumulated run's "
+                  "training loss, never extrapolated): accumulated minus baseline, mean [95% CI] over seeds."),
+        effect_table(a.at_train_loss, AT_EQUAL_LOSS),
+        Paragraph("At each run's best epoch (minimum validation loss): differences, and the ratios of the epochs "
+                  "and optimizer steps at which it came; the rise is the validation loss at the most progress both "
+                  "runs reached over its minimum."),
+        effect_table([a.at_minimum], AT_MINIMUM),
+        Paragraph("At matched epochs and at exactly matched optimizer steps: these measure progress, not "
+                  "generalization (a run that is behind has a smaller gap by construction)."),
+        effect_table(a.at_epochs + a.at_steps, METRICS),
+        Paragraph(f"Training time, accumulation {a.accumulation_steps} / 1 at the same micro-batch: seconds per "
+                  f"epoch {a.time['seconds_per_epoch'].ratio()}, per optimizer step {a.time['seconds_per_step'].ratio()}."),
+    ]  # fmt: skip
+    for figure in (progress_figure, steps_figure):
+        drawn = figure(runs, arm=a.arm, n=a.accumulation_steps,
+                       name=f"{prefix}{figure.__name__.split('_')[0]}-{a.arm}-x{a.accumulation_steps}")  # fmt: skip
+        if drawn is not None:
+            blocks.append(drawn)
+    return blocks
+
+
+def equivalence_blocks(runs: list[Run]) -> list[Block]:
+    """Accumulation is the larger batch: (b x N, unscaled) against (bN x 1), where both exist."""
+    table = twins(runs)
+    if not table:
+        return []
+    rows = [[f"{t.micro_batch} x {t.accumulation_steps} vs {t.micro_batch * t.accumulation_steps} x 1",
+             ", ".join(map(str, t.seeds)), str(t.common_epochs), f"{t.max_train_loss_difference:.2e}",
+             f"{t.max_val_accuracy_difference:.4f}", str(t.identical_through_epoch), t.seconds_per_epoch.ratio()]
+            for t in table]  # fmt: skip
+    header = ["runs", "seeds", "epochs compared", "largest |train loss difference|",
+              "largest |val acc difference|", "train losses within 1e-4 through epoch", "seconds per epoch (x)"]  # fmt: skip
+    return [
+        Heading("Accumulation is the larger batch: (b x N) against (bN x 1)"),
+        Paragraph("The same samples per step, the same learning rate: the same update, computed in N micro-batches "
+                  "or in one. Differences are float round-off, amplified by training; the time ratio is what "
+                  "accumulation itself costs."),
+        Table(header, rows),
+    ]  # fmt: skip
+
+
+def baseline_blocks(runs: list[Run]) -> list[Block]:
+    """Where the baselines end on their overfitting curves: the minimum validation loss, its epoch,
+    the rise after it, the last train accuracy, per micro-batch (median over seeds)."""
+    rows = []
+    for batch in sorted({r.batch_size for r in runs if r.accumulation_steps == 1}):
+        group = [r for r in runs if r.accumulation_steps == 1 and r.batch_size == batch]
+        mins = [minimum(r) for r in group]
+        rows.append([str(batch), str(len(group)), mean_ci([m.epoch for m in mins]).format(0, signed=False),
+                     mean_ci([m.val_loss for m in mins]).format(3, signed=False),
+                     mean_ci([r.series("val_loss")[-1] / m.val_loss for r, m in zip(group, mins, strict=True)]).ratio(),
+                     mean_ci([r.series("train_accuracy")[-1] for r in group]).format(3, signed=False),
+                     f"{sum(not m.reached for m in mins)}"])  # fmt: skip
+    header = ["micro-batch", "runs", "epoch of the minimum", "minimum val loss", "last / minimum",
+              "last train acc", "runs still falling"]  # fmt: skip
+    return [Heading("The baselines: where each ends on its overfitting curve"), Table(header, rows)]
+
+
+MIN_TRAIN_ACCURACY, MIN_RISE = 0.80, 1.25  # a baseline that clearly overfits by the last epoch point
+
+
+def baseline_criterion(runs: list[Run], points: list[int], *, batch: int = 32) -> dict[str, Any]:
+    """Does the micro-batch ``batch`` baseline clearly overfit by the last epoch point? Train
+    accuracy >= 0.80 there, validation loss >= 1.25x its minimum, the minimum between the first and
+    the last point: the numbers per seed and whether each holds for every seed."""
+    group = [r for r in runs if r.accumulation_steps == 1 and r.batch_size == batch and r.has(points[-1])]
+    per_seed = []
+    for r in sorted(group, key=lambda r: r.seed):
+        upto = [e for e in r.epochs if e <= points[-1]]
+        losses = [r.at(e, "val_loss") for e in upto]
+        best = min(range(len(losses)), key=losses.__getitem__)
+        per_seed.append({"seed": r.seed, "train_accuracy": r.at(points[-1], "train_accuracy"),
+                         "min_val_loss": losses[best], "min_epoch": upto[best], "rise": losses[-1] / losses[best]})  # fmt: skip
+    return {
+        "micro_batch": batch,
+        "last_point": points[-1],
+        "per_seed": per_seed,
+        "train_accuracy >= 0.80": bool(per_seed) and all(s["train_accuracy"] >= MIN_TRAIN_ACCURACY for s in per_seed),
+        "val loss >= 1.25x its minimum": bool(per_seed) and all(s["rise"] >= MIN_RISE for s in per_seed),
+        "minimum between the first and last point": bool(per_seed) and all(points[0] < s["min_epoch"] < points[-1] for s in per_seed),
+    }  # fmt: skip
+
+
+def verdict_blocks(grid: optuna.Study, *, prefix: str = "") -> list[Block]:
+    """Everything the grid says: the equivalence table first, the baselines, the scaling recovery,
+    the verdict per arm (figure names start with ``prefix``)."""
+    runs = runs_from_study(grid)
+    analyses = analyse(grid)
+    blocks = equivalence_blocks(runs) + baseline_blocks(runs)
+    if recovered := recovery(analyses):
+        blocks += [Heading("Does scaling the learning rate recover the loss?")] + [
+            Paragraph(f"- {r}") for r in recovered
+        ]
+    blocks.append(Heading("The verdict per lr-scaling arm"))
+    for a in analyses:
+        blocks += arm_blocks(a, runs, prefix=prefix)
+    return blocks
+
+
+# --- the tuning question: the replicated best configurations -------------------------------------
 def tuned(replicate: optuna.Study | None) -> dict[str, Any] | None:
     """Validation accuracy of the replicated best configurations, per accumulation value."""
     if replicate is None:
         return None
     by_value: dict[int, list[float]] = defaultdict(list)
     configs: dict[int, dict[str, Any]] = {}
-    for t in replicate.get_trials(deepcopy=False):
+    for t in replicate.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         cfg, val = records.config(t), records.metric(t, "val_accuracy")
-        if t.state == TrialState.COMPLETE and cfg and val is not None:
+        if cfg and val is not None:
             by_value[cfg["accumulation_steps"]].append(val)
             configs[cfg["accumulation_steps"]] = {
                 k: cfg[k] for k in ("lr_scaling", "base_lr", "lr", "weight_decay", "dropout", "drop_path")
@@ -91,15 +210,31 @@ def tuned(replicate: optuna.Study | None) -> dict[str, Any] | None:
     if not by_value:
         return None
     values = sorted(by_value)
-    out: dict[str, Any] = {
-        "val_accuracy": {str(v): ci_dict(mean_ci(by_value[v])) for v in values},
-        "configs": {str(v): configs[v] for v in values},
-    }
+    out: dict[str, Any] = {"val_accuracy": {str(v): mean_ci(by_value[v]) for v in values},
+                           "configs": {str(v): configs[v] for v in values}}  # fmt: skip
     if 1 in by_value and len(values) > 1:
         out["difference"] = {str(v): welch(by_value[1], by_value[v]) for v in values if v != 1}
     return out
 
 
+def tuning_blocks(tuning: dict[str, Any]) -> list[Block]:
+    rows = []
+    for value, ci in tuning["val_accuracy"].items():
+        cfg = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in tuning["configs"][value].items()
+        )
+        rows.append([value, f"{ci.format(3, signed=False)}, n={ci.n}", cfg])
+    blocks: list[Block] = [
+        Heading("Can tuning recover it? The best searched configurations, re-run without pruning"),
+        Table(["accumulation", "val acc (mean [95% CI], n)", "configuration"], rows),
+    ]
+    blocks += [Paragraph(f"Tuned accumulation {v} minus tuned accumulation 1: {d.format()} (Welch 95% CI).")
+               for v, d in tuning.get("difference", {}).items()]  # fmt: skip
+    return blocks
+
+
+# --- the results folder ----------------------------------------------------------------------------
 def scale(grid: optuna.Study) -> dict[str, Any]:
     """What the grid measured at: preset, data, epoch points, seeds."""
     configs = [cfg for t in grid.get_trials(deepcopy=False) if (cfg := records.config(t))]
@@ -109,169 +244,85 @@ def scale(grid: optuna.Study) -> dict[str, Any]:
         "budget": grid.user_attrs.get(records.BUDGET),
         "model": first.get("model"),
         "train_subset": first.get("train_subset"),
+        "val_size": first.get("val_size"),
+        "train_eval_size": first.get("train_eval_size"),
+        "augment": first.get("augment"),
         "epoch_points": grid.user_attrs.get(records.EPOCH_POINTS),
         "micro_batches": sorted({c["batch_size"] for c in configs}),
         "accumulation": sorted({c["accumulation_steps"] for c in configs}),
         "seeds": sorted({c["seed"] for c in configs}),
         "base_lr": first.get("base_lr"),
+        "optimizer": first.get("optimizer"),
         "finished_runs": sum(t.state == TrialState.COMPLETE for t in grid.get_trials(deepcopy=False)),
     }
 
 
 def headline(analyses: list[ArmAnalysis], where: dict[str, Any]) -> str:
     """A sentence a reader can quote."""
-    none = next((a for a in analyses if a.arm == "none"), None)
-    if none is None or not none.at_epochs:
+    words = ", ".join(f"{a.arm}: **{a.verdict}**" for a in analyses)
+    if not words:
         return "No accumulated run has its accumulation-1 baseline yet: nothing to conclude."
-    last = none.at_epochs[-1]
-    text = (
-        f"On {where['dataset']} ({where['model']}, {where['train_subset']} training images, "
-        f"{len(none.seeds)} seed(s), micro-batches {', '.join(map(str, none.batch_sizes))}), accumulating "
-        f"{none.accumulation_steps} micro-batches changed validation accuracy by {fmt(last['val_accuracy'])} "
-        f"and the generalization gap by {fmt(last['generalization_gap'])} after {last['epoch']} epochs"
-    )
-    if none.at_steps:
-        s = none.at_steps[-1]
-        text += (
-            f"; at exactly matched optimizer steps validation accuracy changed by {fmt(s['val_accuracy'])} "
-            f"and the gap by {fmt(s['generalization_gap'])}"
-        )
-    return text + f" (95% CIs over seeds). Verdict: **{none.verdict}**."
-
-
-def effect_rows(a: ArmAnalysis) -> list[list[str]]:
-    """One row per epoch point and per exactly matched step count: where, then the effect of
-    accumulation on each of METRICS (mean [95% CI])."""
-    rows = [[f"epoch {row['epoch']}", *(fmt(row[m]) for m in METRICS)] for row in a.at_epochs]
-    rows += [
-        [f"matched steps (accumulated epoch {'/'.join(map(str, row['accumulated_epoch']))} = baseline epoch "
-         f"{'/'.join(map(str, row['baseline_epochs']))})", *(fmt(row[m]) for m in METRICS)]
-        for row in a.at_steps
-    ]  # fmt: skip
-    return rows
-
-
-def arm_markdown(a: ArmAnalysis, figure: str | None) -> list[str]:
-    """The markdown of one arm; ``figure`` is the link to its steps figure, if any."""
-    lines = [f"### lr scaling `{a.arm}`, accumulation {a.accumulation_steps} vs 1", ""]
-    lines += [f"**Verdict: {a.verdict}.** {a.reason}.", ""]
-    header = ["where", *(LABELS[m] for m in METRICS)]
-    rows = effect_rows(a)
-    lines += ["Effect of accumulation (N minus 1), paired by seed, mean [95% CI], n = seeds:", ""]
-    lines += [render_table(header, rows, markdown=True)]
-    if a.at_epochs:
-        last = a.at_epochs[-1]
-        lines += [f"Per micro-batch at epoch {last['epoch']}:", ""]
-        per_batch = [
-            [batch, *(fmt(last[f"{m}_by_batch"][batch]) for m in METRICS)]
-            for batch in map(str, a.batch_sizes)
-        ]
-        lines += [render_table(["micro-batch", *(LABELS[m] for m in METRICS)], per_batch, markdown=True)]
-    if a.unmatched:
-        lines += [
-            "Epoch points with no exactly step-matched baseline epoch (not compared at matched steps): "
-            + ", ".join(str(u["epoch"]) for u in a.unmatched)
-            + ".",
-            "",
-        ]
-    lines += [
-        f"Training time, accumulation {a.accumulation_steps} / 1 at the same micro-batch: "
-        f"seconds per epoch {ratio(a.time['seconds_per_epoch'])}, seconds per optimizer step "
-        f"{ratio(a.time['seconds_per_step'])} (95% CI over seeds; more than 1x means slower with accumulation).",
-        "",
-    ]
-    lines += [
-        "Predictions: "
-        + "; ".join(
-            f"{k}: {'yes' if v else 'no' if v is not None else 'n/a'}" for k, v in a.predictions.items()
-        )
-        + ".",
-        "",
-    ]
-    if figure is not None:
-        lines += [f"![accuracy against optimizer steps and epochs, arm {a.arm}]({figure})", ""]
-    return lines
+    return (f"On {where['dataset']} ({where['model']}, {where['train_subset']} training images, "
+            f"{len(where['seeds'])} seed(s), micro-batches {', '.join(map(str, where['micro_batches']))}), "
+            f"accumulation {max(where['accumulation'])} against 1, judged at matched training progress, per "
+            f"lr-scaling arm: {words}.")  # fmt: skip
 
 
 def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
-    """``verdict.json``, ``report.md`` and ``figures/steps-*.png`` (and ``figures/noise-scale.png``
-    when the grid measured the noise scale) under ``out``; ``verdict.json`` is written once."""
+    """``verdict.json``, ``report.md`` and ``figures/*.png`` under ``out``."""
     grid = studies["grid"]
     analyses = analyse(grid)
-    runs = runs_from_study(grid)
     where = scale(grid)
-    figures = {}
-    for a in analyses:
-        figure = steps_figure(
-            runs, arm=a.arm, n=a.accumulation_steps, name=f"steps-{a.arm}-x{a.accumulation_steps}"
-        )
-        figures[(a.arm, a.accumulation_steps)] = (
-            None if figure is None else write_png(figure, out / "figures")
-        )
-    recovered = recovery(analyses)
-    tuning = tuned(studies.get("replicate"))
     summary = headline(analyses, where)
-    verdict = {
+    tuning = tuned(studies.get("replicate"))
+    blocks: list[Block] = [
+        Paragraph(summary),
+        Paragraph(f"Scale: {where['model']}, {where['train_subset']} training images, validation "
+                  f"{where['val_size']}, train metrics on {where['train_eval_size']} training images (eval mode), "
+                  f"epoch points {'/'.join(map(str, where['epoch_points'] or []))}, micro-batches "
+                  f"{', '.join(map(str, where['micro_batches']))}, accumulation {' and '.join(map(str, where['accumulation']))}, "
+                  f"{where['optimizer']} lr {where['base_lr']}, seeds {', '.join(map(str, where['seeds']))} "
+                  f"({where['finished_runs']} finished grid runs). The unit of replication is the run: effects are "
+                  "paired by seed, averaged over micro-batches within a seed, n = seeds."),
+        *verdict_blocks(grid),
+    ]  # fmt: skip
+    verdict: dict[str, Any] = {
         "headline": summary.replace("**", ""),
         "scale": where,
-        "arms": [a.to_dict() for a in analyses],
-        "lr_scaling_recovery": recovered,
+        "arms": [{**a.to_dict(), "reason": reason(a)} for a in analyses],
+        "equivalence": [t.__dict__ for t in twins(runs_from_study(grid))],
+        "baseline_overfits": baseline_criterion(runs_from_study(grid), where["epoch_points"] or [])
+        if where["epoch_points"]
+        else None,
+        "lr_scaling_recovery": recovery(analyses),
         "tuned_replicates": tuning,
     }
-    noise_summary = None
+    if tuning:
+        blocks += tuning_blocks(tuning)
     if measured := noise.noise_runs(grid):  # grid runs trained with --noise-scale
         noise_summary = noise.summarize(where["dataset"], measured, studies.get("search"))
-        figures["noise"] = write_png(noise.noise_figure(measured, noise_summary), out / "figures")
+        blocks += noise.blocks(noise_summary, measured)
         verdict["noise_scale"] = noise_summary
-    written = [out / "verdict.json"]
-    written[0].write_text(json.dumps(finite_or_none(verdict), indent=1) + "\n")
-
-    lines = [
-        f"# Does gradient accumulation make the Swin overfit? {where['dataset']}, budget {where['budget']}",
-        "",
-    ]
-    lines += [summary, ""]
-    lines += [
-        f"Scale: {where['model']}, {where['train_subset']} training images, epoch points "
-        f"{'/'.join(map(str, where['epoch_points'] or []))}, micro-batches {', '.join(map(str, where['micro_batches']))}, "
-        f"accumulation {' and '.join(map(str, where['accumulation']))}, Adam lr {where['base_lr']}, seeds "
-        f"{', '.join(map(str, where['seeds']))} ({where['finished_runs']} finished grid runs). The unit of replication "
-        "is the run: effects are paired by seed, averaged over micro-batches within a seed, n = seeds.",
-        "",
-    ]
-    if recovered:
-        lines += (
-            ["## Does scaling the learning rate recover the loss?", ""] + [f"- {r}" for r in recovered] + [""]
-        )
-    lines += ["## The verdict per lr-scaling arm", ""]
-    for a in analyses:
-        figure = figures[(a.arm, a.accumulation_steps)]
-        lines += arm_markdown(a, None if figure is None else f"figures/{figure.name}")
-    if tuning:
-        lines += ["## Can tuning recover it? The best searched configurations, re-run without pruning", ""]
-        rows = []
-        for value, ci in tuning["val_accuracy"].items():
-            cfg = ", ".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                for k, v in tuning["configs"][value].items()
-            )
-            rows.append([value, f"{ci['mean']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}], n={ci['n']}", cfg])
-        header = ["accumulation", "val acc (mean [95% CI], n)", "configuration"]
-        lines.append(render_table(header, rows, markdown=True).rstrip("\n"))
-        for value, diff in tuning.get("difference", {}).items():
-            lines.append("")
-            lines.append(
-                f"Tuned accumulation {value} minus tuned accumulation 1: {fmt(diff)} (Welch 95% CI)."
-            )
-        lines.append("")
-    if noise_summary is not None:
-        lines += noise.markdown(noise_summary, f"figures/{figures['noise'].name}")
-    (out / "report.md").write_text("\n".join(lines))
-    written.append(out / "report.md")
-    return written + [p for p in figures.values() if p is not None]
+    (out / "verdict.json").write_text(json.dumps(finite_or_none(_plain(verdict)), indent=1) + "\n")
+    title = f"Does gradient accumulation make the Swin overfit? {where['dataset']}, budget {where['budget']}"
+    return [out / "verdict.json", *write_markdown(Document(title, tuple(blocks)), out)]
 
 
-# --- the results folder ----------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """JSON-able: intervals and other dataclasses as dicts."""
+    if isinstance(value, MeanCI):
+        return {"mean": value.mean, "low": value.low, "high": value.high, "n": value.n}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return _plain(value.__dict__)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 def existing(url: str, names: dict[str, str]) -> dict[str, optuna.Study]:
     """The studies of ``names`` (role -> name) that exist in the storage."""
     storage = open_storage(url, create=False)
@@ -308,5 +359,5 @@ def write_results(url: str, names: dict[str, str], out: Path) -> list[Path]:
         raise StudyError(f"no grid study {names['grid']!r} in the storage: run study.experiment first")
     out.mkdir(parents=True, exist_ok=True)
     written = write_tables(studies, out)
-    written += write_answer(studies, out)  # the verdict, the figures and report.md
+    written += write_answer(studies, out)
     return written

@@ -196,6 +196,30 @@ def write_png(figure: Figure, folder: Path) -> Path:
     return path
 
 
+def write_markdown(document: Document, out: Path) -> list[Path]:
+    """``out/figures/NAME.png`` (each figure once) and ``out/report.md``; returns the paths, figures
+    first (a committed results folder: no HTML copy of the figures)."""
+    written = [write_png(figure, out / "figures") for figure in document.figures()]
+    (out / "report.md").write_text(render_markdown(document), encoding="utf-8")
+    return [*written, out / "report.md"]
+
+
+def render_text(document: Document) -> str:
+    """The document for a terminal: headings as lines, tables as aligned columns, figures by name."""
+    out = [document.title, ""] if document.title else []
+    for block in document.blocks:
+        match block:
+            case Heading(text, _):
+                out += [text, ""]
+            case Paragraph(text) | Alert(text) | Code(text):
+                out += [text.replace("**", ""), ""]
+            case Table(header, rows):
+                out += [render_table(list(header), [list(r) for r in rows], indent="  ").rstrip("\n"), ""]
+            case Figure(name, title):
+                out += [f"[figure {name}: {title}]", ""]
+    return "\n".join(out)
+
+
 def write(document: Document, out: Path, *, interactive: bool) -> list[Path]:
     """``out/figures/NAME.png`` (each figure once), ``out/report.md`` and ``out/index.html``;
     returns the paths written, figures first."""

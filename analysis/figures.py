@@ -7,7 +7,8 @@ the HTML report embeds the same bytes, never reading them back.
 
 * a study's report: ``importance_figure``, ``history_figure`` (or the Pareto front),
   ``intermediate_figure`` (pruned trials visible), ``slice_figure``, ``parallel_figure``;
-* the verdict: ``steps_figure``, train and validation accuracy against optimizer steps and epochs;
+* the verdict: ``steps_figure`` (accuracy and loss against optimizer steps and epochs) and
+  ``progress_figure`` (validation loss against training loss);
 * the comparison: ``comparison_figure``, the search's best so far against compute, with the grid's.
 """
 
@@ -257,11 +258,26 @@ def parallel_figure(study: optuna.Study, params: list[str], spec: dict[str, Para
 
 
 # --- the verdict ---------------------------------------------------------------------------------
+COLORS = ("tab:blue", "tab:orange")  # accumulation 1, accumulation N
+
+
+def _band(ax, x, values, color, style, label) -> None:
+    """Mean over runs (rows of ``values``) with its 95% CI band."""
+    import numpy as np
+
+    cis = [mean_ci(list(values[:, i])) for i in range(values.shape[1])]
+    mean = np.array([c.mean for c in cis])
+    low = np.array([c.low if c.has_interval else c.mean for c in cis])
+    high = np.array([c.high if c.has_interval else c.mean for c in cis])
+    ax.plot(x, mean, style, color=color, label=label)
+    ax.fill_between(x, low, high, color=color, alpha=0.15)
+
+
 def steps_figure(runs: list[Run], *, arm: str, n: int, name: str) -> Figure | None:
-    """Train and validation accuracy against optimizer steps (top row) and epochs (bottom row) for
-    accumulation 1 and ``n`` (arm ``arm``): mean and 95% CI band over seeds, one column per
-    micro-batch. If the curves fall on each other against steps, steps are what matter. None when
-    no accumulated run of the arm has its baseline."""
+    """Accuracy (train solid, validation dashed) and validation loss against optimizer steps and
+    against epochs, for accumulation 1 and ``n`` (arm ``arm``): mean and 95% CI band over seeds, one
+    column per micro-batch. Curves that fall on each other against steps mean steps are what
+    matter. None when no accumulated run of the arm has its baseline."""
     import numpy as np
 
     paired = paired_runs(runs, arm, n)
@@ -269,36 +285,83 @@ def steps_figure(runs: list[Run], *, arm: str, n: int, name: str) -> Figure | No
         return None
     plt = pyplot()
     batches = sorted({b for b, _ in paired})
-    fig, axes = plt.subplots(2, len(batches), figsize=(4.2 * len(batches), 6.4), squeeze=False, sharey=True)
-    colors = {1: "tab:blue", n: "tab:orange"}
+    fig, axes = plt.subplots(4, len(batches), figsize=(4.4 * len(batches), 12), squeeze=False)
     for col, batch in enumerate(batches):
-        for accumulation in (1, n):
-            group = [p[0] if accumulation == 1 else p[1] for (b, _), p in paired.items() if b == batch]
-            epochs = min(r.epochs for r in group)
-            steps = np.array(group[0].history["optimizer_steps"][:epochs], dtype=float)
-            for metric, style in (("train_accuracy", "-"), ("val_accuracy", "--")):
-                values = np.array([r.history[metric][:epochs] for r in group], dtype=float)
-                cis = [mean_ci(list(values[:, i])) for i in range(epochs)]
-                mean = np.array([c.mean for c in cis])
-                low = np.array([c.low if not math.isnan(c.low) else c.mean for c in cis])
-                high = np.array([c.high if not math.isnan(c.high) else c.mean for c in cis])
-                label = (
-                    f"accumulation {accumulation}, {'train' if metric == 'train_accuracy' else 'validation'}"
-                )
-                for row, x in enumerate((steps, np.arange(1, epochs + 1))):
-                    ax = axes[row][col]
-                    ax.plot(x, mean, style, color=colors[accumulation], label=label)
-                    ax.fill_between(x, low, high, color=colors[accumulation], alpha=0.15)
+        for color, index in zip(COLORS, (0, 1), strict=True):
+            group = [p[index] for (b, _), p in paired.items() if b == batch]
+            epochs = [e for e in group[0].epochs if all(r.has(e) for r in group)]
+            steps = np.array([group[0].at(e, "optimizer_steps") for e in epochs], dtype=float)
+            label = f"accumulation {1 if index == 0 else n}"
+            for metric, style, rows in (("train_accuracy", "-", (0, 1)), ("val_accuracy", "--", (0, 1)),
+                                        ("val_loss", "--", (2, 3))):  # fmt: skip
+                values = np.array([[r.at(e, metric) for e in epochs] for r in group], dtype=float)
+                for row, x in zip(rows, (steps, np.array(epochs, dtype=float)), strict=True):
+                    what = {
+                        "train_accuracy": "train",
+                        "val_accuracy": "validation",
+                        "val_loss": "validation",
+                    }[metric]
+                    _band(axes[row][col], x, values, color, style, f"{label}, {what}")
         axes[0][col].set_title(f"micro-batch {batch}")
-        axes[0][col].set_xlabel("optimizer steps")
-        axes[1][col].set_xlabel("epochs")
-    for row in range(2):
-        axes[row][0].set_ylabel("accuracy")
-    axes[0][0].legend(fontsize=8, loc="lower right")
+        for row, (xlabel, ylabel) in enumerate((("optimizer steps", "accuracy"), ("epochs", "accuracy"),
+                                                 ("optimizer steps", "validation loss"), ("epochs", "validation loss"))):  # fmt: skip
+            axes[row][col].set_xlabel(xlabel)
+            axes[row][col].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    axes[2][0].legend(fontsize=7, loc="upper right")
     seeds = len({s for _, s in paired})
     fig.suptitle(f"accumulation {n} (lr scaling {arm}) vs 1: mean and 95% CI over {seeds} seed(s)")
     fig.tight_layout()
-    return Figure(name, f"Accuracy against optimizer steps and epochs, lr scaling {arm}", png(fig, dpi=110))
+    return Figure(
+        name,
+        f"Accuracy and validation loss against optimizer steps and epochs, lr scaling {arm}",
+        png(fig, dpi=100),
+    )
+
+
+def progress_figure(runs: list[Run], *, arm: str, n: int, name: str) -> Figure | None:
+    """Validation loss against training loss (log axis, the progress measure), every run drawn, one
+    column per micro-batch: accumulated curves that lie on the baseline's, only shorter or longer,
+    mean under-training; curves above it mean worse generalization at the same progress."""
+    paired = paired_runs(runs, arm, n)
+    if not paired:
+        return None
+    plt = pyplot()
+    batches = sorted({b for b, _ in paired})
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.4 * len(batches), 4.2), squeeze=False, sharey=True)
+    for col, batch in enumerate(batches):
+        ax = axes[0][col]
+        for (b, seed), pair in paired.items():
+            if b != batch:
+                continue
+            for color, index in zip(COLORS, (0, 1), strict=True):
+                run = pair[index]
+                label = (
+                    f"accumulation {1 if index == 0 else n}"
+                    if seed == min(s for bb, s in paired if bb == batch)
+                    else None
+                )
+                ax.plot(
+                    run.series(run.progress),
+                    run.series("val_loss"),
+                    color=color,
+                    lw=1,
+                    alpha=0.7,
+                    label=label,
+                )
+        ax.set_xscale("log")
+        ax.invert_xaxis()  # training goes left to right
+        ax.set_title(f"micro-batch {batch}")
+        ax.set_xlabel(
+            "training loss" + (" (eval mode)" if pair[0].progress == "train_eval_loss" else " (running)")
+        )
+    axes[0][0].set_ylabel("validation loss")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(
+        f"validation loss against training progress, accumulation {n} (lr scaling {arm}) vs 1, each seed"
+    )
+    fig.tight_layout()
+    return Figure(name, f"Validation loss against training loss, lr scaling {arm}", png(fig, dpi=100))
 
 
 # --- the comparison ------------------------------------------------------------------------------

@@ -1,17 +1,20 @@
-"""The gradient noise scale of a grid, and what it predicts for accumulation (issue 13).
+"""The gradient noise scale of a grid, and what it predicts for accumulation.
 
-Runs trained with ``--noise-scale`` (``study.noise``) record per epoch the mean estimates of |G|^2
-and tr(Sigma). Here they become B_simple = tr(Sigma) / |G|^2 per epoch, **pooled over the grid's
-runs** (both estimates averaged over runs before the ratio, as within a run over steps: a single
-epoch's |G|^2 estimate is noisy and may be negative), with the range of the runs' own values
-beside it. B_simple grows as training proceeds (the gradient shrinks faster than its noise).
+Runs trained with ``--noise-scale`` (``study.noise``) record, at each evaluated epoch, the mean
+estimates of |G|^2 and tr(Sigma) over the steps since the previous one. Each run's B_simple =
+tr(Sigma) / |G|^2 per epoch is summarized over the grid's runs (every micro-batch, accumulation and
+seed) as the **median and a 95% interval of the runs' values** (their 2.5th and 97.5th
+percentiles): a ratio of means pooled over runs would weight each run by its |G|^2. A run whose
+|G|^2 estimate is not positive at an epoch has no value there. B_simple grows as training proceeds
+(the gradient shrinks faster than its noise).
 
 What it predicts (McCandlish et al. 2018): an effective batch well **below** B_simple scales almost
 perfectly, so accumulating with a scaled lr loses nothing per epoch and an unscaled lr only makes
-fewer steps (under-training); well **above** it, examples per step are wasted and a fixed number
-of epochs must cost accuracy whatever the lr. "Near" means within a factor of 2. So an accuracy
-loss at matched epochs that appears only where the effective batch exceeds B_simple is the
-under-training mechanism, not overfitting.
+fewer steps; well **above** it, examples per step are wasted and a fixed number of epochs must cost
+accuracy whatever the lr. "Near" means within a factor of 2 of the median. The large-batch
+generalization account predicts a loss that grows with the batch as well, so the noise scale says
+*where* accumulation costs steps, not which explanation holds: that is the verdict's job
+(``analysis.verdict``, at matched training progress).
 
 The report (``analysis.report``) and the results (``analysis.results``) add this section when their
 grid measured the noise scale; ``python -m analysis.noise_scale`` prints it for any grid study.
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,27 +31,33 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from analysis.document import Figure, write_png
+from analysis.document import Block, Document, Figure, Heading, Paragraph, Table, render_markdown, write_png
 from analysis.figures import png, pyplot
+from analysis.stats import percentile_interval
 from analysis.verdict import runs_from_study
 from study import records
-from study.cli import render_table
 from study.jsonsafe import finite_or_none
 
-NEAR = 2.0  # an effective batch within this factor of B_simple is "near" it
+NEAR = 2.0  # an effective batch within this factor of the median B_simple is "near" it
 
 
 @dataclass(frozen=True)
 class NoiseRun:
-    """One grid run's per-epoch noise measurement."""
+    """One grid run's noise measurement at its evaluated epochs."""
 
     trial: int
     effective_batch: int
-    norm_sq: list[float] = field(repr=False)  # |G|^2 estimate per epoch
-    trace: list[float] = field(repr=False)  # tr(Sigma) estimate per epoch
+    seed: int
+    epochs: list[int] = field(repr=False)
+    norm_sq: list[float] = field(repr=False)  # |G|^2 estimate per evaluated epoch
+    trace: list[float] = field(repr=False)  # tr(Sigma) estimate per evaluated epoch
+    train_loss: list[float] = field(repr=False)  # the progress measure at those epochs
 
     def b_simple(self, epoch: int) -> float:
-        g2, trace = self.norm_sq[epoch - 1], self.trace[epoch - 1]
+        if epoch not in self.epochs:
+            return math.nan
+        i = self.epochs.index(epoch)
+        g2, trace = self.norm_sq[i], self.trace[i]
         return trace / g2 if g2 is not None and trace is not None and g2 > 0 else math.nan
 
 
@@ -58,42 +66,27 @@ def noise_runs(study: optuna.Study) -> list[NoiseRun]:
     the paper protocol: effective batch = micro-batch x accumulation steps)."""
     return [
         NoiseRun(
-            trial=r.trial,
-            effective_batch=r.batch_size * r.accumulation_steps,
-            norm_sq=r.history["grad_norm_sq"],
-            trace=r.history["grad_trace_sigma"],
-        )
+            r.trial,
+            r.effective_batch,
+            r.seed,
+            r.epochs,
+            r.history["grad_norm_sq"],
+            r.history["grad_trace_sigma"],
+            r.series(r.progress),
+        )  # fmt: skip
         for r in runs_from_study(study)
         if "grad_noise_scale" in r.history
     ]
 
 
-def _finite(values: list[Any]) -> list[float]:
-    return [v for v in values if v is not None and math.isfinite(v)]
-
-
 def per_epoch(runs: list[NoiseRun]) -> list[dict[str, Any]]:
-    """Per epoch: B_simple pooled over the runs that reached it, and the runs' own range."""
+    """Per epoch that some run evaluated: the median and 95% interval of the runs' B_simple, and
+    how many runs had a value."""
     rows = []
-    for epoch in range(1, max((len(r.norm_sq) for r in runs), default=0) + 1):
-        reached = [r for r in runs if len(r.norm_sq) >= epoch]
-        g2 = _finite([r.norm_sq[epoch - 1] for r in reached])
-        trace = _finite([r.trace[epoch - 1] for r in reached])
-        own = _finite([r.b_simple(epoch) for r in reached])
-        pooled = (
-            statistics.fmean(trace) / statistics.fmean(g2)
-            if g2 and trace and statistics.fmean(g2) > 0
-            else math.nan
-        )
-        rows.append(
-            {
-                "epoch": epoch,
-                "b_simple": pooled,
-                "runs": len(reached),
-                "low": min(own, default=math.nan),
-                "high": max(own, default=math.nan),
-            }
-        )
+    for epoch in sorted({e for r in runs for e in r.epochs}):
+        values = [v for r in runs if math.isfinite(v := r.b_simple(epoch))]
+        median, low, high = percentile_interval(values)
+        rows.append({"epoch": epoch, "b_simple": median, "low": low, "high": high, "runs": len(values)})
     return rows
 
 
@@ -163,11 +156,11 @@ def sentence(
         return "; ".join(f"{', '.join(map(str, batches))} {p}" for p, batches in groups.items() if batches)
 
     text = (
-        f"{dataset}: the gradient noise scale B_simple, pooled over {n_runs} run(s), grows from "
-        f"{first['b_simple']:.0f} at epoch {first['epoch']} to {last['b_simple']:.0f} at epoch {last['epoch']} "
-        f"(runs {last['low']:.0f} to {last['high']:.0f}). The grid's effective batches are, at epoch "
-        f"{first['epoch']}: {where(at_first)}; at epoch {last['epoch']}: {where(at_last)} "
-        f"(near = within a factor {NEAR:g})."
+        f"{dataset}: the gradient noise scale B_simple, the median of {n_runs} run(s), grows from "
+        f"{first['b_simple']:.0f} at epoch {first['epoch']} (95% of runs {first['low']:.0f} to {first['high']:.0f}) "
+        f"to {last['b_simple']:.0f} at epoch {last['epoch']} ({last['low']:.0f} to {last['high']:.0f}). "
+        f"The grid's effective batches are, at epoch {first['epoch']}: {where(at_first)}; at epoch "
+        f"{last['epoch']}: {where(at_last)} (near = within a factor {NEAR:g} of the median)."
     )
     if searched:
         text += (
@@ -179,61 +172,57 @@ def sentence(
         )
     text += (
         " Below B_simple a larger batch with a scaled lr loses nothing per epoch, so an unscaled lr only "
-        "makes fewer steps; above it a fixed number of epochs must cost accuracy whatever the lr. An "
-        "accuracy loss at matched epochs that appears only where the effective batch exceeds B_simple "
-        "is that under-training mechanism, not overfitting."
+        "makes fewer steps; above it a fixed number of epochs must cost accuracy whatever the lr. This "
+        "says where accumulation costs optimizer steps; which explanation holds is read at matched "
+        "training progress (the verdict)."
     )
     return text
 
 
 def noise_figure(runs: list[NoiseRun], summary: dict[str, Any], *, name: str = "noise-scale") -> Figure:
-    """B_simple against epochs (pooled, with the runs' own curves faint), the grid's effective
-    batches as dashed lines and the best searched trials' (one per accumulation value) as markers
-    at the right edge, on one log axis."""
+    """B_simple of every run against epochs (left: the median and 95% interval over runs, each run
+    faint; the grid's effective batches dashed, the best searched trials' as markers) and against
+    the run's training loss (right), on log axes."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, (ax, by_loss) = plt.subplots(1, 2, figsize=(12, 4.6))
     for r in runs:
-        epochs = range(1, len(r.norm_sq) + 1)
-        ax.plot(epochs, [r.b_simple(e) for e in epochs], color="tab:gray", alpha=0.25, lw=0.8)
+        values = [r.b_simple(e) for e in r.epochs]
+        ax.plot(r.epochs, values, color="tab:gray", alpha=0.25, lw=0.8)
+        by_loss.plot(r.train_loss, values, color="tab:gray", alpha=0.35, lw=0.8)
     curve = summary["per_epoch"]
+    epochs = [row["epoch"] for row in curve]
     ax.plot(
-        [row["epoch"] for row in curve],
-        [row["b_simple"] for row in curve],
-        color="black",
-        lw=2.2,
-        marker="o",
-        ms=3,
-        label=f"B_simple, pooled over {len(runs)} runs (grey: each run)",
+        epochs, [row["b_simple"] for row in curve], color="black", lw=2, label=f"median of {len(runs)} runs"
     )
-    last = max((row["epoch"] for row in curve), default=1)
+    ax.fill_between(epochs, [row["low"] for row in curve], [row["high"] for row in curve], color="black",
+                    alpha=0.12, label="95% of runs")  # fmt: skip
+    last = max(epochs, default=1)
     for batch in summary["grid_effective_batches"]:  # labelled at the right edge, not in the legend
-        ax.axhline(batch, ls="--", lw=0.9, color="tab:blue", alpha=0.6)
-        ax.annotate(f"grid {batch}", (last + 0.3, batch), fontsize=7, color="tab:blue", va="center")
-    searched = summary["best_search_effective_batches"]
-    for i, (n, batch) in enumerate(searched.items()):
-        ax.plot(
-            [last + 1.6],
-            [batch],
-            marker="<",
-            ms=8,
-            color="tab:purple",
-            ls="none",
-            label="best search trial per accumulation value" if i == 0 else None,
-        )
-        ax.annotate(f"x{n}", (last + 1.9, batch), fontsize=7, color="tab:purple", va="center")
-    ax.set_xlim(0.5, last + 2.6)
-    ax.set_yscale("log")
+        for axis in (ax, by_loss):
+            axis.axhline(batch, ls="--", lw=0.9, color="tab:blue", alpha=0.6)
+        ax.annotate(f"grid {batch}", (last * 1.01, batch), fontsize=7, color="tab:blue", va="center")
+    for i, (n, batch) in enumerate(summary["best_search_effective_batches"].items()):
+        ax.plot([last * 1.06], [batch], marker="<", ms=8, color="tab:purple", ls="none",
+                label="best search trial per accumulation value" if i == 0 else None)  # fmt: skip
+        ax.annotate(f"x{n}", (last * 1.08, batch), fontsize=7, color="tab:purple", va="center")
+    ax.set_xlim(0, last * 1.15)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("examples per optimizer step (log)")
-    ax.set_title(f"{summary['dataset']}: gradient noise scale against the batches used")
+    by_loss.set_xscale("log")
+    by_loss.invert_xaxis()
+    by_loss.set_xlabel("training loss (each run)")
+    for axis in (ax, by_loss):
+        axis.set_yscale("log")
+        axis.set_ylabel("examples per optimizer step (log)")
+    ax.set_title(f"{summary['dataset']}: B_simple per run against epochs")
+    by_loss.set_title("B_simple per run against training loss")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return Figure(
-        name, "Gradient noise scale B_simple against epochs, with the effective batches", png(fig, dpi=110)
+        name, "Gradient noise scale B_simple per run, with the effective batches", png(fig, dpi=100)
     )
 
 
-TABLE_HEADER = ["epoch", "B_simple (pooled)", "runs' range", "runs"]
+TABLE_HEADER = ["epoch", "B_simple (median of runs)", "95% of runs", "runs"]
 
 
 def table_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -248,25 +237,27 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
     ]
 
 
-def markdown(summary: dict[str, Any], figure: str | None) -> list[str]:
-    """The report section: the sentence, the per-epoch table and the figure."""
-    lines = [
-        "## The gradient noise scale: where accumulation must cost accuracy",
-        "",
-        summary["sentence"],
-        "",
+def blocks(
+    summary: dict[str, Any],
+    runs: list[NoiseRun],
+    *,
+    name: str = "noise-scale",
+    title: str = "The gradient noise scale: where accumulation costs optimizer steps",
+) -> list[Block]:
+    """The section: the sentence, the per-epoch table and the figure."""
+    return [
+        Heading(title),
+        Paragraph(summary["sentence"]),
+        Table(TABLE_HEADER, table_rows(summary)),
+        noise_figure(runs, summary, name=name),
     ]
-    lines.append(render_table(TABLE_HEADER, table_rows(summary), markdown=True).rstrip("\n"))
-    lines.append("")
-    if figure is not None:
-        lines += [f"![gradient noise scale against epochs]({figure})", ""]
-    return lines
 
 
 def write(summary: dict[str, Any], runs: list[NoiseRun], out: Path) -> list[Path]:
     """``noise-scale.md``, ``noise-scale.json`` and ``figures/noise-scale.png`` under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    figure = write_png(noise_figure(runs, summary), out / "figures")
+    document = Document("", tuple(blocks(summary, runs)))
+    figure = write_png(document.figures()[0], out / "figures")
     (out / "noise-scale.json").write_text(json.dumps(finite_or_none(summary), indent=1) + "\n")
-    (out / "noise-scale.md").write_text("\n".join(markdown(summary, f"figures/{figure.name}")))
+    (out / "noise-scale.md").write_text(render_markdown(document))
     return [out / "noise-scale.md", out / "noise-scale.json", figure]

@@ -27,8 +27,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from analysis import comparison, figures, noise, verdict
-from analysis.answer import fmt
+from analysis import answer, comparison, figures, noise
 from analysis.document import Alert, Block, Document, Heading, Paragraph, Table, cell, plural, render_markdown
 from analysis.importance import (
     BOOTSTRAP,
@@ -185,29 +184,8 @@ def verdict_blocks(study: optuna.Study, grids: list[optuna.Study]) -> list[Block
     # The verdict comes from the grid's designed runs only (analysis.verdict): a search's trials are
     # selected, not sampled, and pruned at equal epochs.
     for grid_study in grids:
-        analyses = verdict.analyse(grid_study)
-        runs = verdict.runs_from_study(grid_study)
-        blocks += [Paragraph(line) for line in verdict.recovery(analyses)]
-        for a in analyses:
-            blocks.append(
-                Heading(f"{grid_study.study_name}: lr scaling {a.arm}, accumulation {a.accumulation_steps} vs 1 "
-                        f"({len(a.seeds)} seed(s))", 3)
-            )  # fmt: skip
-            blocks.append(Paragraph(f"Verdict: {a.verdict}. {a.reason}."))
-            rows = [[f"epoch {r['epoch']}", *(fmt(r[m]) for m in verdict.METRICS)] for r in a.at_epochs]
-            rows += [
-                [f"matched steps (epoch {'/'.join(map(str, r['accumulated_epoch']))} vs "
-                 f"{'/'.join(map(str, r['baseline_epochs']))})", *(fmt(r[m]) for m in verdict.METRICS)]
-                for r in a.at_steps
-            ]  # fmt: skip
-            blocks.append(
-                Paragraph("Effect of accumulation (N minus 1), paired by seed, mean [95% CI], n = seeds:")
-            )
-            blocks.append(Table(["where", "train acc", "val acc", "gap"], rows))
-            name = f"steps-{grid_study.study_name}-{a.arm}-x{a.accumulation_steps}"
-            figure = figures.steps_figure(runs, arm=a.arm, n=a.accumulation_steps, name=name)
-            if figure is not None:
-                blocks.append(figure)
+        blocks.append(Heading(f"Grid {grid_study.study_name}", 3))
+        blocks += [demote(b) for b in answer.verdict_blocks(grid_study, prefix=f"{grid_study.study_name}-")]
     blocks += noise_blocks(grids, None if records.kind(study) == records.GRID else study)
     if records.kind(study) == records.GRID:
         return blocks
@@ -223,23 +201,22 @@ def verdict_blocks(study: optuna.Study, grids: list[optuna.Study]) -> list[Block
     return blocks
 
 
+def demote(block: Block) -> Block:
+    """A heading one level lower (the verdict's sections sit under the report's)."""
+    return Heading(block.text, 3) if isinstance(block, Heading) else block
+
+
 def noise_blocks(grids: list[optuna.Study], search: optuna.Study | None) -> list[Block]:
-    """The gradient noise scale of the grids that measured it (analysis.noise), which the verdict
-    cites: a loss only where the effective batch exceeds B_simple is under-training."""
+    """The gradient noise scale of the grids that measured it (analysis.noise)."""
     blocks: list[Block] = []
     for grid_study in grids:
-        runs = noise.noise_runs(grid_study)
-        if not runs:
-            continue
-        summary = noise.summarize(grid_study.user_attrs.get(records.DATASET, "?"), runs, search)
-        blocks += [
-            Heading(f"{grid_study.study_name}: the gradient noise scale", 3),
-            Paragraph(summary["sentence"]),
-        ]
-        blocks += [
-            Table(noise.TABLE_HEADER, noise.table_rows(summary)),
-            noise.noise_figure(runs, summary, name=f"noise-{grid_study.study_name}"),
-        ]
+        if runs := noise.noise_runs(grid_study):
+            summary = noise.summarize(grid_study.user_attrs.get(records.DATASET, "?"), runs, search)
+            title = f"{grid_study.study_name}: the gradient noise scale"
+            blocks += [
+                demote(b)
+                for b in noise.blocks(summary, runs, name=f"noise-{grid_study.study_name}", title=title)
+            ]
     return blocks
 
 

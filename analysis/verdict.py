@@ -1,34 +1,38 @@
-"""Overfitting or under-training? The verdict from designed runs, with the run as the unit.
+"""Overfitting or under-training? The verdict from designed runs, compared at matched progress.
 
-Read from a grid study (``study.grid``, any number of seeds and lr-scaling arms). Each run is one
-(micro-batch, accumulation, lr rule, seed); the accumulation-1 runs belong to every arm (their lr
-is the base lr under every rule). An accumulated run and the accumulation-1 run of the same
-micro-batch and seed share initialization and data order, so they are compared **paired by seed**.
-Within a seed the per-micro-batch differences are averaged first, so n is always the number of
-seeds (independent runs), never the number of epoch points or conditions.
+Read from a grid study (``study.grid``: seeds, lr-scaling arms, step-matched runs, twins). Each run
+is one (micro-batch, accumulation, lr rule, seed); the accumulation-1 runs belong to every arm. An
+accumulated run and the accumulation-1 run of the same micro-batch and seed share initialization
+and data order, so they are compared **paired by seed**; within a seed the micro-batches'
+differences are averaged first, so n is always the number of seeds, never epoch points.
 
-For each arm, at each epoch point and at **exactly** matched optimizer steps (an accumulated
-epoch whose step count equals an accumulation-1 epoch's; where none does, nothing is compared and
-the point is listed as unmatched), the effect of accumulation (N minus 1) on train accuracy,
-validation accuracy and the generalization gap, with Student-t 95% confidence intervals; and the
-cost in training seconds per epoch and per optimizer step (ratio N / 1).
+A run that is behind has a smaller generalization gap by construction (the baseline's own gap grows
+with training), so comparisons at matched epochs or steps measure *progress*, not generalization.
+The comparisons that can tell the explanations apart are made at matched training progress:
 
-What each explanation predicts, and so the verdict (at the last epoch point; ``min_effect``, an
-accuracy difference too small to matter, default 0.01):
+* **at equal training loss**: each seed's baseline curve (validation loss, validation accuracy and
+  gap against log training loss, the loss measured in eval mode on a fixed training subset) is
+  interpolated at the accumulated run's training loss, inside the range both runs cover (never
+  extrapolated), at each of the accumulated run's epoch points;
+* **at each run's best epoch** (its minimum validation loss): that loss, the validation accuracy
+  there, the epoch and the optimizer steps at which it came, and the rise of the validation loss
+  after it (last / minimum: the amount of overfitting). A run whose minimum is its last evaluated
+  epoch has not reached it; such pairs are counted and left out.
 
-* **overfitting**: the gap is larger with accumulation at matched epochs **and** still larger at
-  matched optimizer steps;
-* **under-training**: train accuracy is lower at matched epochs, the gap is not larger, and at
-  matched optimizer steps neither train nor validation accuracy is lower;
-* **no-difference**: no effect on train accuracy, validation accuracy or gap at matched epochs;
-* **inconclusive**: fewer than 2 seeds, or a pattern that fits neither.
+Each explanation is judged on its own predictions (``Predictions``), with intervals:
 
-An lr-scaling arm **recovers** the accuracy lost with accumulation when its validation-accuracy
-effect at matched epochs is not significantly negative; fewer steps predict recovery, overfitting
-does not.
+* **overfitting** (the paper's mechanism, or the large-batch generalization gap) predicts a worse
+  validation loss at equal training loss, a worse best validation loss, or a larger rise after the
+  minimum: any of them, significantly;
+* **under-training** predicts lower train and validation accuracy at matched epochs (at the first
+  epoch point, where being behind shows most) and the minimum reached after more epochs; with it
+  alone, the accumulated runs lie on the baseline's curve (no difference at equal training loss,
+  the same best validation loss).
 
-The figure that answers the question, accuracy against optimizer steps and against epochs, is
-``analysis.figures.steps_figure``.
+The verdict is ``both``, ``overfitting``, ``under-training``, ``neither`` (every prediction's
+interval excludes an effect of the smallest size that counts, ``Thresholds``) or ``inconclusive``
+(fewer than 2 seeds, or intervals too wide to tell; the reason then names the smallest effect the
+data could have detected: the intervals' half-widths).
 """
 
 from __future__ import annotations
@@ -40,22 +44,49 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from analysis.stats import MeanCI, mean_ci, run_level_mean_ci
+from analysis.stats import EMPTY, MeanCI, mean_ci, run_level_mean_ci
 from study import records
 
-METRICS = ("train_accuracy", "val_accuracy", "generalization_gap")
-OVERFITTING, UNDER_TRAINING, NO_DIFFERENCE, INCONCLUSIVE = (
+METRICS = ("train_accuracy", "val_accuracy", "generalization_gap")  # at matched epochs and steps
+AT_EQUAL_LOSS = ("val_loss", "val_accuracy", "generalization_gap")  # at equal training loss
+AT_MINIMUM = ("val_loss", "val_accuracy", "rise", "epoch_ratio", "steps_ratio")
+PROGRESS, RUNNING_LOSS = "train_eval_loss", "train_loss"
+OVERFITTING, UNDER_TRAINING, BOTH, NEITHER, INCONCLUSIVE = (
     "overfitting",
     "under-training",
-    "no-difference",
+    "both",
+    "neither",
     "inconclusive",
 )
-DEFAULT_MIN_EFFECT = 0.01
+IDENTICAL = 1e-4  # train-loss difference below which two runs count as the same update
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The smallest effects that count: accuracy (and gap), loss in nats, rise (last / minimum of
+    the validation loss) and the ratio of the epochs at the minimum."""
+
+    accuracy: float = 0.01
+    loss: float = 0.02
+    rise: float = 0.05
+    epoch_ratio: float = 0.1
+
+    def of(self, metric: str) -> float:
+        if metric.endswith("loss"):
+            return self.loss
+        if metric == "rise":
+            return self.rise
+        if metric.endswith("ratio"):
+            return self.epoch_ratio
+        return self.accuracy
+
+
+DEFAULT_THRESHOLDS = Thresholds()
 
 
 @dataclass(frozen=True)
 class Run:
-    """One grid run: its design and its per-epoch history (index i = epoch i + 1)."""
+    """One grid run: its design and the history of its evaluated epochs."""
 
     trial: int
     dataset: str
@@ -66,45 +97,303 @@ class Run:
     history: dict[str, list[float]] = field(repr=False)
 
     @property
-    def epochs(self) -> int:
-        return len(self.history["optimizer_steps"])
+    def epochs(self) -> list[int]:
+        return self.history["epoch"]
+
+    @property
+    def last_epoch(self) -> int:
+        return self.epochs[-1]
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.accumulation_steps
+
+    @property
+    def progress(self) -> str:
+        """The training-progress measure: the eval-mode loss on the fixed training subset, or, in
+        records made before it was measured, the running training loss (train mode)."""
+        return PROGRESS if self.history.get(PROGRESS) else RUNNING_LOSS
+
+    def has(self, epoch: int) -> bool:
+        return epoch in self.epochs
 
     def at(self, epoch: int, metric: str) -> float:
-        return self.history[metric][epoch - 1]
+        return self.history[metric][self.epochs.index(epoch)]
+
+    def series(self, metric: str) -> list[float]:
+        return self.history[metric]
 
 
 def runs_from_study(study: optuna.Study) -> list[Run]:
     """The finished runs of a grid study (COMPLETE trials with a config and a history)."""
     runs = []
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         cfg, history = records.config(t), records.history(t)
-        if t.state != TrialState.COMPLETE or not cfg or not history:
-            continue
-        runs.append(
-            Run(
-                trial=t.number,
-                dataset=cfg["dataset"],
-                batch_size=cfg["batch_size"],
-                accumulation_steps=cfg["accumulation_steps"],
-                lr_scaling=cfg["lr_scaling"],
-                seed=cfg["seed"],
-                history=history,
-            )
-        )
+        if cfg and history:
+            runs.append(Run(t.number, cfg["dataset"], cfg["batch_size"], cfg["accumulation_steps"],
+                            cfg["lr_scaling"], cfg["seed"], history))  # fmt: skip
     return runs
 
 
-def ci_dict(m: MeanCI) -> dict[str, float]:
-    return {"mean": float(m.mean), "low": float(m.low), "high": float(m.high), "n": m.n}
+def paired_runs(runs: list[Run], arm: str, n: int) -> dict[tuple[int, int], tuple[Run, Run]]:
+    """(micro-batch, seed) -> (accumulation-1 run, accumulation-N run of ``arm``)."""
+    base = {(r.batch_size, r.seed): r for r in runs if r.accumulation_steps == 1}
+    acc = {(r.batch_size, r.seed): r for r in runs if r.accumulation_steps == n and r.lr_scaling == arm}
+    return {key: (base[key], acc[key]) for key in sorted(base.keys() & acc.keys())}
 
 
-def lower(ci: dict[str, float], min_effect: float) -> bool:
-    """Significantly below zero by at least ``min_effect``."""
-    return bool(not math.isnan(ci["high"]) and ci["high"] < 0 and ci["mean"] <= -min_effect)
+# --- one table row: paired differences, pooled within a seed ----------------------------------
+@dataclass
+class Row:
+    """Paired effects of accumulation (accumulated minus baseline, or their ratio) at one place."""
+
+    where: str
+    effects: dict[str, MeanCI]  # n = seeds: micro-batches averaged within a seed first
+    by_batch: dict[int, dict[str, MeanCI]]
+    pairs: int
+    left_out: int = 0  # pairs with nothing to compare here (out of range, minimum not reached)
 
 
-def higher(ci: dict[str, float], min_effect: float) -> bool:
-    return bool(not math.isnan(ci["low"]) and ci["low"] > 0 and ci["mean"] >= min_effect)
+def effect_row(
+    where: str, diffs: dict[tuple[int, int], dict[str, float]], metrics, *, left_out: int = 0
+) -> Row:
+    """A row from ``diffs``: (micro-batch, seed) -> metric -> difference."""
+    batches = sorted({b for b, _ in diffs})
+    effects = {m: run_level_mean_ci({k: d[m] for k, d in diffs.items()}) for m in metrics}
+    by_batch = {b: {m: mean_ci([d[m] for (bb, _), d in sorted(diffs.items()) if bb == b]) for m in metrics}
+                for b in batches}  # fmt: skip
+    return Row(where, effects, by_batch, len(diffs), left_out)
+
+
+def matched_epochs(base: Run, acc: Run) -> list[tuple[int, int]]:
+    """(accumulated epoch, baseline epoch) pairs of evaluated epochs with equal optimizer steps."""
+    where = {int(s): e for e, s in zip(base.epochs, base.series("optimizer_steps"), strict=True)}
+    return [
+        (e, where[int(s)])
+        for e, s in zip(acc.epochs, acc.series("optimizer_steps"), strict=True)
+        if int(s) in where
+    ]
+
+
+def at_epoch_rows(pairs, points: list[int]) -> list[Row]:
+    """Matched epochs: the effect on METRICS at each epoch point both runs of every pair reached."""
+    rows = []
+    for e in points:
+        if all(b.has(e) and a.has(e) for b, a in pairs.values()):
+            diffs = {k: {m: a.at(e, m) - b.at(e, m) for m in METRICS} for k, (b, a) in pairs.items()}
+            rows.append(effect_row(f"epoch {e}", diffs, METRICS))
+    return rows
+
+
+def at_step_rows(pairs, points: list[int]) -> list[Row]:
+    """Matched optimizer steps: for each baseline epoch point, the accumulated epoch with exactly
+    its steps (where every pair has one; none is stood in for by a nearest epoch)."""
+    rows = []
+    for p in points:
+        matches = {k: dict((be, ae) for ae, be in matched_epochs(b, a)).get(p) for k, (b, a) in pairs.items()}
+        if any(m is None for m in matches.values()):
+            continue
+        diffs = {k: {m: a.at(matches[k], m) - b.at(p, m) for m in METRICS} for k, (b, a) in pairs.items()}
+        where = f"matched steps: accumulated epoch {'/'.join(map(str, sorted(set(matches.values()))))} = baseline epoch {p}"
+        rows.append(effect_row(where, diffs, METRICS))
+    return rows
+
+
+# --- at equal training loss ----------------------------------------------------------------------
+def interpolate_at_loss(run: Run, loss: float, metric: str) -> float | None:
+    """``metric`` of ``run`` where its training loss (``run.progress``) first reached ``loss``:
+    linear in log loss between the two evaluated epochs around it. None outside the run's range:
+    never extrapolated."""
+    xs = [math.log(v) if v and v > 0 else math.nan for v in run.series(run.progress)]
+    ys = run.series(metric)
+    if not (loss > 0) or ys is None:
+        return None
+    target = math.log(loss)
+    for i in range(len(xs) - 1):
+        a, b = xs[i], xs[i + 1]
+        if min(a, b) <= target <= max(a, b):
+            t = 0.0 if a == b else (a - target) / (a - b)
+            return ys[i] + t * (ys[i + 1] - ys[i])
+    return ys[0] if len(xs) == 1 and xs[0] == target else None
+
+
+def at_loss_rows(pairs, points: list[int]) -> list[Row]:
+    """At equal training loss, at each accumulated epoch point: the accumulated run's validation
+    loss, accuracy and gap minus the baseline's at the same training loss."""
+    rows = []
+    for e in points:
+        diffs, out = {}, 0
+        for k, (b, a) in pairs.items():
+            if not a.has(e):
+                continue
+            loss = a.at(e, a.progress)
+            values = {m: interpolate_at_loss(b, loss, m) for m in AT_EQUAL_LOSS}
+            if any(v is None for v in values.values()):
+                out += 1
+                continue
+            diffs[k] = {m: a.at(e, m) - values[m] for m in AT_EQUAL_LOSS}
+        if diffs:
+            rows.append(
+                effect_row(f"equal train loss: accumulated epoch {e}", diffs, AT_EQUAL_LOSS, left_out=out)
+            )
+    return rows
+
+
+# --- at each run's best epoch --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Minimum:
+    """A run's minimum validation loss and what came with it."""
+
+    epoch: int
+    steps: int
+    val_loss: float
+    val_accuracy: float
+    reached: bool  # False when the minimum is the last evaluated epoch (still falling)
+
+
+def minimum(run: Run) -> Minimum:
+    losses = run.series("val_loss")
+    i = min(range(len(losses)), key=losses.__getitem__)
+    return Minimum(run.epochs[i], int(run.series("optimizer_steps")[i]), losses[i],
+                   run.series("val_accuracy")[i], i < len(losses) - 1)  # fmt: skip
+
+
+def rises(base: Run, acc: Run) -> tuple[float, float] | None:
+    """The rise of each run's validation loss after its minimum, up to the most training progress
+    both runs reached (the higher of their final training losses): validation loss there / at
+    the minimum. Measured at that common point, so that a run trained further past its minimum
+    does not rise more by that alone. None when a run never reached that loss after its minimum."""
+    end = max(base.series(base.progress)[-1], acc.series(acc.progress)[-1])
+    out = []
+    for run in (base, acc):
+        at_end = interpolate_at_loss(run, end, "val_loss")
+        if at_end is None:
+            return None
+        out.append(at_end / minimum(run).val_loss)
+    return out[0], out[1]
+
+
+def at_minimum_row(pairs) -> Row:
+    """At each run's best epoch: differences in the minimum validation loss, the accuracy there and
+    the rise after it (``rises``), and the ratios of the epochs and steps at which it came
+    (accumulated / 1). Pairs in which a run has not reached its minimum are left out."""
+    diffs, out = {}, 0
+    for k, (b, a) in pairs.items():
+        mb, ma, rise = minimum(b), minimum(a), rises(b, a)
+        if not (mb.reached and ma.reached) or rise is None:
+            out += 1
+            continue
+        diffs[k] = {"val_loss": ma.val_loss - mb.val_loss, "val_accuracy": ma.val_accuracy - mb.val_accuracy,
+                    "rise": rise[1] - rise[0], "epoch_ratio": ma.epoch / mb.epoch, "steps_ratio": ma.steps / mb.steps}  # fmt: skip
+    if not diffs:
+        return Row("best epoch (minimum validation loss)", dict.fromkeys(AT_MINIMUM, EMPTY), {}, 0, out)
+    return effect_row("best epoch (minimum validation loss)", diffs, AT_MINIMUM, left_out=out)
+
+
+# --- the predictions and the verdict -------------------------------------------------------------
+@dataclass(frozen=True)
+class Predictions:
+    """What each explanation predicts, and whether the data show it (None: not measurable here)."""
+
+    # overfitting: the paper's mechanism, or the large-batch generalization gap
+    worse_val_loss_at_equal_train_loss: bool | None
+    worse_best_val_loss: bool | None
+    larger_rise_after_minimum: bool | None
+    # under-training: fewer optimizer steps, the same curve reached later
+    behind_at_matched_epochs: bool | None
+    minimum_later: bool | None
+    same_curve_at_equal_train_loss: bool | None
+    same_best_val_loss: bool | None
+    # neither: no effect at all at matched epochs (train and validation accuracy equivalent)
+    same_accuracy_at_matched_epochs: bool | None
+
+    def overfitting(self) -> bool:
+        return any(
+            (
+                self.worse_val_loss_at_equal_train_loss,
+                self.worse_best_val_loss,
+                self.larger_rise_after_minimum,
+            )
+        )
+
+    def under_training(self) -> bool:
+        return bool(self.behind_at_matched_epochs) and self.minimum_later is not False
+
+
+def _significant(ci: MeanCI | None, metric: str, t: Thresholds, *, direction: int) -> bool | None:
+    if ci is None or not ci.has_interval:
+        return None
+    base = 1.0 if metric.endswith("ratio") else 0.0
+    shifted = MeanCI(ci.mean - base, ci.low - base, ci.high - base, ci.n)
+    return shifted.above(t.of(metric)) if direction > 0 else shifted.below(t.of(metric))
+
+
+def _equivalent(ci: MeanCI | None, metric: str, t: Thresholds) -> bool | None:
+    return None if ci is None or not ci.has_interval else ci.within(t.of(metric))
+
+
+def deciding_loss_row(at_loss: list[Row], n_seeds: int) -> Row | None:
+    """The equal-loss row the predictions read: the most progressed one in which every seed has a
+    pair inside the baseline's range (else the most progressed one)."""
+    full = [r for r in at_loss if r.effects["val_loss"].n == n_seeds]
+    return (full or at_loss or [None])[-1]
+
+
+def predictions(at_epochs: list[Row], at_loss: Row | None, best: Row, t: Thresholds) -> Predictions:
+    """The predictions, from the first epoch point (being behind shows most early), the deciding
+    equal-loss row and the best-epoch row."""
+    first = at_epochs[0].effects if at_epochs else {}
+    loss = at_loss.effects if at_loss else {}
+    minimum_ = best.effects if best.pairs else {}
+    behind = same = None
+    if first:
+        accuracies = ("train_accuracy", "val_accuracy")
+        lower = [_significant(first.get(m), m, t, direction=-1) for m in accuracies]
+        behind = None if None in lower else all(lower)
+        equal = [_equivalent(first.get(m), m, t) for m in accuracies]
+        same = None if None in equal else all(equal)
+    return Predictions(
+        worse_val_loss_at_equal_train_loss=_significant(loss.get("val_loss"), "val_loss", t, direction=+1),
+        worse_best_val_loss=_significant(minimum_.get("val_loss"), "val_loss", t, direction=+1),
+        larger_rise_after_minimum=_significant(minimum_.get("rise"), "rise", t, direction=+1),
+        behind_at_matched_epochs=behind,
+        minimum_later=_significant(minimum_.get("epoch_ratio"), "epoch_ratio", t, direction=+1),
+        same_curve_at_equal_train_loss=_equivalent(loss.get("val_loss"), "val_loss", t),
+        same_best_val_loss=_equivalent(minimum_.get("val_loss"), "val_loss", t),
+        same_accuracy_at_matched_epochs=same,
+    )
+
+
+def decide(p: Predictions, *, n_seeds: int) -> str:
+    """One word from the predictions (module docstring)."""
+    if n_seeds < 2:
+        return INCONCLUSIVE
+    overfit, behind = p.overfitting(), p.under_training()
+    if overfit and behind:
+        return BOTH
+    if overfit:
+        return OVERFITTING
+    if behind:
+        return UNDER_TRAINING
+    if (
+        p.same_curve_at_equal_train_loss
+        and p.same_best_val_loss is not False
+        and p.same_accuracy_at_matched_epochs
+    ):
+        return NEITHER
+    return INCONCLUSIVE
+
+
+def detectable(at_loss: Row | None, best: Row) -> dict[str, float]:
+    """The smallest effects the data could have told from zero: the half-widths of the intervals
+    the overfitting predictions are read from."""
+    out = {}
+    if at_loss:
+        out["val_loss at equal train loss"] = at_loss.effects["val_loss"].half_width
+    if best.pairs:
+        out["best val_loss"] = best.effects["val_loss"].half_width
+        out["rise after the minimum"] = best.effects["rise"].half_width
+    return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
 @dataclass
@@ -117,242 +406,177 @@ class ArmAnalysis:
     seeds: list[int]
     batch_sizes: list[int]
     epoch_points: list[int]
-    at_epochs: list[dict[str, Any]]  # per epoch point: pooled effects, then per micro-batch
-    at_steps: list[dict[str, Any]]  # per exactly matched step count
-    unmatched: list[dict[str, Any]]  # epoch points with no step-matched baseline epoch
-    time: dict[str, dict[str, float]]  # ratio N / 1 of seconds per epoch and per optimizer step
+    progress_measure: str  # what "training loss" means for this arm's records
+    at_epochs: list[Row]  # progress, not generalization
+    at_steps: list[Row]  # progress, not generalization
+    at_train_loss: list[Row]
+    at_minimum: Row
+    unmatched: list[int]  # baseline epoch points with no exactly step-matched accumulated epoch
+    time: dict[str, MeanCI]  # ratio N / 1 of training seconds per epoch and per optimizer step
+    predictions: Predictions
     verdict: str
-    predictions: dict[str, bool | None]
-    reason: str
+    detectable: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def paired_runs(runs: list[Run], arm: str, n: int) -> dict[tuple[int, int], tuple[Run, Run]]:
-    """(batch, seed) -> (accumulation-1 run, accumulation-N run of ``arm``)."""
-    base = {(r.batch_size, r.seed): r for r in runs if r.accumulation_steps == 1}
-    acc = {(r.batch_size, r.seed): r for r in runs if r.accumulation_steps == n and r.lr_scaling == arm}
-    return {key: (base[key], acc[key]) for key in sorted(base.keys() & acc.keys())}
-
-
-def _effects(pairs: dict, pick) -> dict[str, Any]:
-    """Pooled and per-micro-batch paired effects; ``pick(base, acc, metric)`` -> (b, a) or None."""
-    out: dict[str, Any] = {}
-    batches = sorted({b for b, _ in pairs})
-    for metric in METRICS:
-        diffs = {}
-        for key, (base, acc) in pairs.items():
-            values = pick(base, acc, metric)
-            if values is not None:
-                diffs[key] = values[1] - values[0]
-        out[metric] = ci_dict(run_level_mean_ci(diffs))
-        out[f"{metric}_by_batch"] = {
-            str(b): ci_dict(mean_ci([d for (bb, _), d in sorted(diffs.items()) if bb == b])) for b in batches
-        }
-    return out
-
-
-def matched_epochs(base: Run, acc: Run) -> list[tuple[int, int]]:
-    """(accumulated epoch, baseline epoch) pairs with exactly equal optimizer step counts."""
-    where = {int(s): e + 1 for e, s in enumerate(base.history["optimizer_steps"])}
-    return [(e + 1, where[int(s)]) for e, s in enumerate(acc.history["optimizer_steps"]) if int(s) in where]
-
-
 def _cost(run: Run, per: str) -> float:
     """Training seconds (evaluation excluded) per epoch or per optimizer step."""
-    seconds = run.history["train_seconds"][-1]
-    return seconds / (run.epochs if per == "epoch" else run.history["optimizer_steps"][-1])
+    seconds = run.series("train_seconds")[-1]
+    return seconds / (run.last_epoch if per == "epoch" else run.series("optimizer_steps")[-1])
 
 
 def analyse_arm(
-    runs: list[Run], *, arm: str, n: int, epoch_points: list[int], min_effect: float = DEFAULT_MIN_EFFECT
+    runs: list[Run], *, arm: str, n: int, epoch_points: list[int], thresholds: Thresholds = DEFAULT_THRESHOLDS
 ) -> ArmAnalysis | None:
     """The analysis of one arm, or None when no accumulated run of it has its baseline."""
     pairs = paired_runs(runs, arm, n)
     if not pairs:
         return None
-    dataset = next(iter(pairs.values()))[0].dataset
-    points = [e for e in epoch_points if all(e <= min(b.epochs, a.epochs) for b, a in pairs.values())]
-    at_epochs = []
-    for e in points:
-        effects = _effects(pairs, lambda b, a, m, e=e: (b.at(e, m), a.at(e, m)))
-        steps = {k: (b.at(e, "optimizer_steps"), a.at(e, "optimizer_steps")) for k, (b, a) in pairs.items()}
-        at_epochs.append({"epoch": e, "optimizer_steps": {str(k): v for k, v in steps.items()}, **effects})
-
-    # Exactly matched steps: per pair, the last accumulated epoch whose optimizer step count equals
-    # a baseline epoch's (with a training subset divisible by the effective batches, the same
-    # epochs for every micro-batch). A pair with no such epoch is not compared.
-    last_match = {k: m[-1] for k, (b, a) in pairs.items() if (m := matched_epochs(b, a))}
-    at_steps = []
-    if last_match:
-        matched_pairs = {k: pairs[k] for k in last_match}
-        effects = _effects(
-            matched_pairs,
-            lambda b, a, m: (
-                b.at(last_match[(b.batch_size, b.seed)][1], m),
-                a.at(last_match[(b.batch_size, b.seed)][0], m),
-            ),
-        )
-        at_steps.append(
-            {
-                "accumulated_epoch": sorted({e for e, _ in last_match.values()}),
-                "baseline_epochs": sorted({e for _, e in last_match.values()}),
-                "optimizer_steps": sorted(
-                    {int(pairs[k][1].at(e, "optimizer_steps")) for k, (e, _) in last_match.items()}
-                ),
-                "pairs": len(last_match),
-                **effects,
-            }
-        )
-    matched_at = {k: {e for e, _ in matched_epochs(b, a)} for k, (b, a) in pairs.items()}
-    unmatched = [
-        {
-            "epoch": e,
-            "steps (baseline, accumulated)": sorted(
-                {
-                    (int(b.at(e, "optimizer_steps")), int(a.at(e, "optimizer_steps")))
-                    for b, a in pairs.values()
-                }
-            ),
-        }
-        for e in points
-        if not all(e in matched_at[k] for k in pairs)
-    ]
-
-    time = {
-        name: ci_dict(
-            run_level_mean_ci({key: _cost(a, per) / _cost(b, per) for key, (b, a) in pairs.items()})
-        )
-        for name, per in (("seconds_per_epoch", "epoch"), ("seconds_per_step", "step"))
-    }
-
+    at_epochs = at_epoch_rows(pairs, epoch_points)
+    at_steps = at_step_rows(pairs, epoch_points)
+    acc_points = sorted({p * k for p in epoch_points for k in (1, n)})
+    at_loss = at_loss_rows(pairs, acc_points)
+    best = at_minimum_row(pairs)
+    time = {name: run_level_mean_ci({k: _cost(a, per) / _cost(b, per) for k, (b, a) in pairs.items()})
+            for name, per in (("seconds_per_epoch", "epoch"), ("seconds_per_step", "step"))}  # fmt: skip
     seeds = sorted({s for _, s in pairs})
-    verdict, predictions, reason = decide(at_epochs, at_steps, n_seeds=len(seeds), min_effect=min_effect)
+    deciding = deciding_loss_row(at_loss, len(seeds))
+    p = predictions(at_epochs, deciding, best, thresholds)
+    matched = {int(r.where.rsplit(" ", 1)[-1]) for r in at_steps}
+    progress = {a.progress for pair in pairs.values() for a in pair}
     return ArmAnalysis(
-        dataset=dataset,
-        arm=arm,
-        accumulation_steps=n,
-        seeds=seeds,
-        batch_sizes=sorted({b for b, _ in pairs}),
-        epoch_points=points,
-        at_epochs=at_epochs,
-        at_steps=at_steps,
-        unmatched=unmatched,
-        time=time,
-        verdict=verdict,
-        predictions=predictions,
-        reason=reason,
-    )
+        dataset=next(iter(pairs.values()))[0].dataset, arm=arm, accumulation_steps=n, seeds=seeds,
+        batch_sizes=sorted({b for b, _ in pairs}), epoch_points=epoch_points,
+        progress_measure=PROGRESS if progress == {PROGRESS} else RUNNING_LOSS,
+        at_epochs=at_epochs, at_steps=at_steps, at_train_loss=at_loss, at_minimum=best,
+        unmatched=[e for e in epoch_points if e not in matched], time=time, predictions=p,
+        verdict=decide(p, n_seeds=len(seeds)), detectable=detectable(deciding, best),
+    )  # fmt: skip
 
 
-def _fmt(ci: dict[str, float]) -> str:
-    if math.isnan(ci["low"]):
-        return f"{ci['mean']:+.3f} (n={ci['n']}, no interval)"
-    return f"{ci['mean']:+.3f} (95% CI {ci['low']:+.3f} to {ci['high']:+.3f}, n={ci['n']})"
-
-
-def decide(
-    at_epochs: list[dict[str, Any]], at_steps: list[dict[str, Any]], *, n_seeds: int, min_effect: float
-) -> tuple[str, dict[str, bool | None], str]:
-    """The verdict at the last epoch point (and the last exactly step-matched epoch)."""
-    if not at_epochs:
-        return INCONCLUSIVE, {}, "no epoch point reached by every run"
-    last = at_epochs[-1]
-    steps = at_steps[-1] if at_steps else None
-    gap_e, train_e, val_e = last["generalization_gap"], last["train_accuracy"], last["val_accuracy"]
-    predictions: dict[str, bool | None] = {
-        "gap larger at matched epochs (overfitting)": higher(gap_e, min_effect),
-        "train accuracy lower at matched epochs (under-training)": lower(train_e, min_effect),
-        "gap not larger at matched epochs (under-training)": not higher(gap_e, min_effect),
-        "gap larger at matched steps (overfitting)": None
-        if steps is None
-        else higher(steps["generalization_gap"], min_effect),
-        "no accuracy lost at matched steps (under-training)": None
-        if steps is None
-        else not (lower(steps["train_accuracy"], min_effect) or lower(steps["val_accuracy"], min_effect)),
-    }
-    where = f"at epoch {last['epoch']}"
-    numbers = (
-        f"{where}: validation accuracy {_fmt(val_e)}, train accuracy {_fmt(train_e)}, gap {_fmt(gap_e)}"
-        + (
-            f"; at exactly matched optimizer steps (accumulated epoch "
-            f"{'/'.join(map(str, steps['accumulated_epoch']))} vs baseline epoch "
-            f"{'/'.join(map(str, steps['baseline_epochs']))}): validation accuracy {_fmt(steps['val_accuracy'])}, "
-            f"train accuracy {_fmt(steps['train_accuracy'])}, gap {_fmt(steps['generalization_gap'])}"
-            if steps
-            else "; no epoch of the accumulated runs has exactly the step count of a baseline epoch"
-        )
-    )
-    if n_seeds < 2:
-        return (
-            INCONCLUSIVE,
-            predictions,
-            f"{n_seeds} seed: a single run per condition gives no interval; {numbers}",
-        )
-    p = list(predictions.values())
-    if p[0] and p[3]:
-        return (
-            OVERFITTING,
-            predictions,
-            f"the gap grows with accumulation, at matched epochs and at matched steps; {numbers}",
-        )
-    if p[1] and p[2] and p[4]:
-        return (
-            UNDER_TRAINING,
-            predictions,
-            (
-                f"train accuracy falls at matched epochs while the gap does not grow, and at matched optimizer "
-                f"steps no accuracy is lost; {numbers}"
-            ),
-        )
-    if not any(lower(c, min_effect) or higher(c, min_effect) for c in (gap_e, train_e, val_e)):
-        return (
-            NO_DIFFERENCE,
-            predictions,
-            f"no significant effect of at least {min_effect} at matched epochs; {numbers}",
-        )
-    return INCONCLUSIVE, predictions, f"the effects fit neither explanation; {numbers}"
-
-
-def analyse(study: optuna.Study, *, min_effect: float = DEFAULT_MIN_EFFECT) -> list[ArmAnalysis]:
+def analyse(study: optuna.Study, *, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[ArmAnalysis]:
     """One analysis per lr-scaling arm of a grid study (arms from the study, else from its runs)."""
     runs = runs_from_study(study)
-    n_values = sorted({r.accumulation_steps for r in runs if r.accumulation_steps != 1})
-    points = study.user_attrs.get(records.EPOCH_POINTS) or sorted({r.epochs for r in runs})
+    values = sorted({r.accumulation_steps for r in runs if r.accumulation_steps != 1})
+    points = study.user_attrs.get(records.EPOCH_POINTS) or sorted({r.last_epoch for r in runs})
     arms = study.user_attrs.get(records.ARMS) or sorted(
         {r.lr_scaling for r in runs if r.accumulation_steps != 1}
     )
-    out = []
-    for n in n_values:
-        for arm in arms:
-            analysis = analyse_arm(runs, arm=arm, n=n, epoch_points=list(points), min_effect=min_effect)
-            if analysis is not None:
-                out.append(analysis)
-    return out
+    analyses = [analyse_arm(runs, arm=arm, n=n, epoch_points=list(points), thresholds=thresholds)
+                for n in values for arm in arms]  # fmt: skip
+    return [a for a in analyses if a is not None]
 
 
-def recovery(analyses: list[ArmAnalysis], *, min_effect: float = DEFAULT_MIN_EFFECT) -> list[str]:
-    """One sentence per scaled arm: does scaling the lr recover the validation accuracy lost?"""
+# --- words ---------------------------------------------------------------------------------------
+PREDICTION_TEXT = {
+    "worse_val_loss_at_equal_train_loss": "validation loss higher at equal training loss (overfitting)",
+    "worse_best_val_loss": "best validation loss higher (overfitting)",
+    "larger_rise_after_minimum": "validation loss rises more after its minimum (overfitting)",
+    "behind_at_matched_epochs": "train and validation accuracy lower at the first epoch point (under-training)",
+    "minimum_later": "minimum reached after more epochs (under-training)",
+    "same_curve_at_equal_train_loss": "same validation loss at equal training loss (under-training alone)",
+    "same_best_val_loss": "same best validation loss (under-training alone)",
+    "same_accuracy_at_matched_epochs": "same train and validation accuracy at the first epoch point (neither)",
+}
+
+
+def reason(a: ArmAnalysis) -> str:
+    """The verdict's reason: the predictions that held and the numbers they rest on."""
+    held = [PREDICTION_TEXT[k] for k, v in asdict(a.predictions).items() if v]
+    parts = [f"held: {'; '.join(held) if held else 'none'}"]
+    row = deciding_loss_row(a.at_train_loss, len(a.seeds))
+    if row is not None:
+        parts.append(f"at equal training loss ({row.where.split(': ', 1)[1]}): validation loss "
+                     f"{row.effects['val_loss'].sentence()}, accuracy {row.effects['val_accuracy'].sentence()}")  # fmt: skip
+    if a.at_minimum.pairs:
+        m = a.at_minimum.effects
+        parts.append(f"at the best epoch: validation loss {m['val_loss'].sentence()}, rise {m['rise'].sentence()}, "
+                     f"epochs x{m['epoch_ratio'].mean:.2f}, steps x{m['steps_ratio'].mean:.2f}")  # fmt: skip
+    if a.at_minimum.left_out:
+        parts.append(f"{a.at_minimum.left_out} pair(s) had not reached a minimum")
+    if len(a.seeds) < 2:
+        parts.append("one seed: no interval")
+    elif a.verdict in (INCONCLUSIVE, UNDER_TRAINING) and a.detectable:
+        parts.append("overfitting effects smaller than "
+                     + ", ".join(f"{v:.3f} ({k})" for k, v in a.detectable.items()) + " could not have been detected")  # fmt: skip
+    if a.progress_measure == RUNNING_LOSS:
+        parts.append(
+            "training loss is the running train-mode loss: these records have no eval-mode train loss"
+        )
+    return "; ".join(parts)
+
+
+def recovery(analyses: list[ArmAnalysis], *, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[str]:
+    """One sentence per scaled arm: does scaling the lr recover the validation accuracy lost at
+    the last epoch point? (Fewer steps predict recovery; overfitting does not.)"""
     unscaled = {a.accumulation_steps: a for a in analyses if a.arm == "none"}
     lines = []
     for a in analyses:
         if a.arm == "none" or not a.at_epochs:
             continue
-        val = a.at_epochs[-1]["val_accuracy"]
+        val = a.at_epochs[-1].effects["val_accuracy"]
         ref = unscaled.get(a.accumulation_steps)
-        ref_text = f" (unscaled: {_fmt(ref.at_epochs[-1]['val_accuracy'])})" if ref and ref.at_epochs else ""
-        if math.isnan(val["low"]):
-            outcome = "not determined (one seed: no interval)"
-        elif lower(val, min_effect) or val["high"] < 0:
-            outcome = "a loss remains"
-        elif val["low"] >= -min_effect:
-            outcome = f"recovered (the interval excludes a loss of more than {min_effect})"
-        else:
-            outcome = f"not determined (the interval includes no loss and a loss of more than {min_effect})"
-        factor = a.accumulation_steps if a.arm == "linear" else math.sqrt(a.accumulation_steps)
-        lines.append(
-            f"lr scaled {a.arm} (x{factor:g}): validation accuracy effect at epoch {a.at_epochs[-1]['epoch']} "
-            f"{_fmt(val)}{ref_text}: {outcome}"
+        ref_text = (
+            f" (unscaled: {ref.at_epochs[-1].effects['val_accuracy'].sentence()})"
+            if ref and ref.at_epochs
+            else ""
         )
+        m = thresholds.accuracy
+        if not val.has_interval:
+            outcome = "not determined (one seed: no interval)"
+        elif val.high < 0:
+            outcome = "a loss remains"
+        elif val.low >= -m:
+            outcome = f"recovered (the interval excludes a loss of more than {m})"
+        else:
+            outcome = f"not determined (the interval includes no loss and a loss of more than {m})"
+        factor = a.accumulation_steps if a.arm == "linear" else math.sqrt(a.accumulation_steps)
+        lines.append(f"lr scaled {a.arm} (x{factor:g}): validation accuracy effect at {a.at_epochs[-1].where} "
+                     f"{val.sentence()}{ref_text}: {outcome}")  # fmt: skip
     return lines
+
+
+# --- accumulation is the larger batch: (b x N) against (bN x 1) ----------------------------------
+@dataclass
+class Twins:
+    """(b x N, unscaled) against its twin (bN x 1), over the seeds that have both."""
+
+    micro_batch: int
+    accumulation_steps: int
+    seeds: list[int]
+    common_epochs: int  # evaluated epochs both runs have (the shorter run's length)
+    max_train_loss_difference: float  # largest |difference| over those epochs and seeds
+    max_val_accuracy_difference: float
+    identical_through_epoch: int  # last epoch through which every seed's train losses agree within IDENTICAL
+    seconds_per_epoch: MeanCI  # (b x N) / (bN x 1): what accumulation itself costs
+
+
+def twins(runs: list[Run]) -> list[Twins]:
+    """The equivalence table: every (b x N, unscaled) with a (bN x 1) run of the same seed."""
+    plain = {(r.batch_size, r.seed): r for r in runs if r.accumulation_steps == 1}
+    groups: dict[tuple[int, int], list[tuple[Run, Run]]] = {}
+    for r in runs:
+        twin = plain.get((r.effective_batch, r.seed))
+        if r.accumulation_steps > 1 and r.lr_scaling == "none" and twin is not None:
+            groups.setdefault((r.batch_size, r.accumulation_steps), []).append((r, twin))
+    return [_twins(b, n, pairs) for (b, n), pairs in sorted(groups.items())]
+
+
+def _twins(batch: int, n: int, pairs: list[tuple[Run, Run]]) -> Twins:
+    loss_diff, acc_diff, through, common = 0.0, 0.0, math.inf, math.inf
+    for acc, twin in pairs:
+        epochs = [e for e in twin.epochs if acc.has(e)]
+        common = min(common, len(epochs))
+        losses = [abs(acc.at(e, RUNNING_LOSS) - twin.at(e, RUNNING_LOSS)) for e in epochs]
+        loss_diff = max(loss_diff, *losses)
+        acc_diff = max(
+            acc_diff, *(abs(acc.at(e, "val_accuracy") - twin.at(e, "val_accuracy")) for e in epochs)
+        )
+        first_bad = next((i for i, d in enumerate(losses) if d >= IDENTICAL), len(losses))
+        through = min(through, epochs[first_bad - 1] if first_bad else 0)
+    ratio = mean_ci([_cost(acc, "epoch") / _cost(twin, "epoch") for acc, twin in pairs])
+    return Twins(
+        batch, n, sorted(a.seed for a, _ in pairs), int(common), loss_diff, acc_diff, int(through), ratio
+    )

@@ -1,8 +1,8 @@
 """Where does the paper-protocol baseline overfit? Settings measured side by side, with references.
 
 For each candidate setting (training images x epochs, micro-batch), the paper's baseline recipe
-(Adam, constant lr 1e-3, no accumulation, no augmentation or regularization; ``swin-nano`` unless
-``--model``) is trained once, evaluated every ``--eval-every`` epochs in eval mode on all its
+(Adam, constant lr 1e-3, no accumulation, no regularization; ``swin-nano`` unless ``--model``;
+CIFAR-10's standard crop and flip unless ``--no-augment``) is trained once, evaluated every ``--eval-every`` epochs in eval mode on all its
 training images (up to ``--train-eval-size``) and on the validation split. Beside it, on the same
 split and in the same loop (``study.train.train``: same batches, same optimizer, same
 evaluation), a 256-unit MLP and a small CNN, and scikit-learn's logistic regression on the pixels,
@@ -243,6 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epoch-points", help="e.g. 40,80,200: check the budget criteria at these epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CIFAR-10's standard crop and flip for every trained model (default: on)",
+    )
     parser.add_argument(
         "--no-references", action="store_true", help="skip the MLP, the CNN and logistic regression"
     )

@@ -59,8 +59,8 @@ class TrainConfig:
             measured in eval mode (capped at the training set).
         eval_every: Evaluate (train subset, validation) every this many epochs, and always at the
             last epoch and at the epochs a caller asks for (the grid's epoch points).
-        augment: CIFAR-10's standard augmentation (random 4 px crop, horizontal flip); off in the
-            paper protocol. Other datasets have none.
+        augment: The dataset's standard augmentation where it has one: CIFAR-10's random 4 px crop
+            and horizontal flip, batched on the device; MNIST, Fashion-MNIST and digits have none.
         seed: Seeds the initialization, batch order, dropout and augmentation.
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
@@ -91,7 +91,7 @@ class TrainConfig:
     val_size: float = 0.1
     train_eval_size: int = 1000
     eval_every: int = 1
-    augment: bool = False
+    augment: bool = True
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -219,8 +219,6 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"seed must be >= 0; got {cfg.seed!r}")
     if cfg.train_eval_size < 1:
         raise ValueError(f"train_eval_size must be >= 1; got {cfg.train_eval_size!r}")
-    if cfg.augment and cfg.dataset != "cifar10":
-        raise ValueError(f"augment is CIFAR-10's crop and flip; {cfg.dataset} has no augmentation")
 
     full_train = DATASET_SIZES[cfg.dataset][0]
     if cfg.val_size <= 0 or (cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size)):

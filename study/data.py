@@ -41,6 +41,7 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLIT_SEED = 0
 NUM_CLASSES = 10
 CIFAR_PAD = 4  # random-crop padding, as in the standard CIFAR-10 recipe
+AUGMENTED = ("cifar10",)  # datasets with a standard augmentation (TrainConfig.augment)
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -443,7 +444,7 @@ def make_splits(
         test_labels=put(raw.test_labels),
         mean=put(mean),
         std=put(std),
-        augment=cfg.augment,
+        augment=cfg.augment and cfg.dataset in AUGMENTED,
     )
 
 

@@ -1,7 +1,7 @@
 """Study designs as data: the paper's fixed grid at each budget, built here and run by the commands.
 
 The paper protocol: Adam, constant learning rate, no weight decay, no dropout or drop-path, no
-learning-rate scaling, no augmentation; micro-batch in {32, 64, 128}, accumulation in {1, N},
+learning-rate scaling; micro-batch in {32, 64, 128}, accumulation in {1, N},
 epochs in {10, 20, 50}. With a constant learning rate a 50-epoch run passes through its 10- and
 20-epoch points unchanged, so each (batch, accumulation) pair is **one** run that records all
 three points: the 18 grid points of a dataset come from 6 runs (times the seeds).
@@ -43,7 +43,6 @@ PAPER_PROTOCOL: dict[str, Any] = {
     "attn_dropout": 0.0,
     "drop_path": 0.0,
     "label_smoothing": 0.0,
-    "augment": False,
 }
 
 
@@ -221,7 +220,7 @@ def grid_design(
     scaled = [a for a in arms if a != "none"]
     description = (
         f"The paper's fixed grid: batch {BATCH_SIZES} x accumulation (1, {accumulation}) x epochs {points}, "
-        f"{seeds} seed(s); Adam, constant lr {base_lr:g}, no regularization or augmentation, "
+        f"{seeds} seed(s); Adam, constant lr {base_lr:g}, no regularization, "
         + (f"no lr scaling, and arms whose accumulated runs scale the lr ({', '.join(scaled)})" if scaled else "no lr scaling")
         + (f"; accumulated runs of {', '.join(step_matched)} train {accumulation} x {epochs} epochs (step-matched)" if step_matched else "")
         + ("; with the (bN x 1) twins of the accumulated micro-batches" if twins else "")

@@ -110,7 +110,9 @@ def small_studies(tmp_path_factory):
 
 # The offline CIFAR-10 (35,000 real images as JPEGs) that the development and CI machines keep in
 # ../shared beside the repository; STUDY_CIFAR10_ARCHIVE points elsewhere.
-SHARED_CIFAR10_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
+SHARED_CIFAR10_ARCHIVE = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
+)
 
 
 def cifar10_archive() -> Path:

@@ -103,7 +103,11 @@ def test_step_matched_runs_make_their_baselines_steps_and_twins_join_the_grid(tm
     for batch in (32, 64, 128):
         base, accumulated = runs[(batch, 1)], runs[(batch, 4)]
         assert base.params["epochs"] == 5 and accumulated.params["epochs"] == 20
-        assert accumulated.user_attrs["optimizer_steps"] == base.user_attrs["optimizer_steps"] == 5 * 1024 // batch
+        assert (
+            accumulated.user_attrs["optimizer_steps"]
+            == base.user_attrs["optimizer_steps"]
+            == 5 * 1024 // batch
+        )
         points = accumulated.user_attrs["checkpoints"]
         assert sorted(points, key=int) == ["1", "2", "4", "5", "8", "20"]  # equal epochs and 4 x them
         assert points["20"]["optimizer_steps"] == base.user_attrs["checkpoints"]["5"]["optimizer_steps"]

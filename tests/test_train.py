@@ -245,3 +245,83 @@ def test_cpu_preset_learns_real_fashion_mnist(tmp_path):
     )
     result = train(cfg)
     assert result.final["val_accuracy"] > 0.48
+
+
+def test_the_step_splits_the_effective_batch_into_equal_micro_batches_of_the_same_samples():
+    """optimizer_step is the one place a batch is split: N micro-batches of B / N, in order, whose
+    concatenation is the effective batch the epoch drew."""
+    from study.train import optimizer_step
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(4, 10))
+
+        def forward(self, x):
+            seen.append(x.clone())
+            return x @ self.w
+
+    net = Recorder()
+    x, y = torch.randn(32, 4), torch.randint(0, 10, (32,))
+    optimizer_step(net, torch.optim.SGD(net.parameters(), lr=0.1), x, y, parts=4,
+                   autocast=torch.autocast("cpu", enabled=False))  # fmt: skip
+    assert [len(m) for m in seen] == [8, 8, 8, 8] and torch.equal(torch.cat(seen), x)
+
+
+def test_evaluation_on_a_schedule_records_the_evaluated_epochs_only():
+    result = train(tiny(batch_size=16, epochs=7, eval_every=3), test_at=(2,))
+    assert [m.epoch for m in result.history] == [2, 3, 6, 7]  # every 3rd, the asked epoch 2, the last
+    assert [m.optimizer_steps for m in result.history] == [20, 30, 60, 70]  # steps count every epoch
+    assert result.history[0].test_accuracy is not None and result.history[1].test_accuracy is None
+    assert result.final["epochs_trained"] == 7
+    # the running train loss averages the steps since the previous evaluation; the eval-mode train
+    # loss is measured on the fixed training subset, without dropout
+    for m in result.history:
+        assert math.isfinite(m.train_loss) and 0 < m.train_eval_loss < 5
+
+
+def test_pruning_sees_only_evaluated_epochs():
+    seen = []
+    result = train(
+        tiny(batch_size=16, epochs=6, eval_every=2), on_epoch=lambda m: seen.append(m.epoch) or m.epoch == 4
+    )
+    assert seen == [2, 4] and result.status == STOPPED and result.final["epochs_trained"] == 4
+
+
+def test_the_eval_mode_train_loss_is_the_loss_of_the_fixed_subset():
+    from study.data import make_splits
+    from study.train import evaluate
+
+    result = train(tiny(batch_size=16, epochs=1))
+    data = make_splits(tiny(), torch.device("cpu"), input_size=8)
+    loss, accuracy = evaluate(result.model, data.train_eval_images, data.train_eval_labels, data,
+                              autocast=torch.autocast("cpu", enabled=False), channels_last=False)  # fmt: skip
+    assert result.history[-1].train_eval_loss == pytest.approx(loss)
+    assert result.history[-1].train_accuracy == pytest.approx(accuracy)
+
+
+def test_cifar10_augmentation_is_on_by_default_and_can_be_switched_off(tmp_path):
+    from study.data import make_splits
+    from tests.conftest import write_cifar10
+
+    write_cifar10(tmp_path / "cifar-10-batches-py", per_batch=40)
+    cfg = TrainConfig(dataset="cifar10", data_dir=str(tmp_path), val_size=20, batch_size=8, device="cpu")
+    assert make_splits(cfg, torch.device("cpu")).augment
+    assert not make_splits(cfg.replace(augment=False), torch.device("cpu")).augment
+    digits = TrainConfig(dataset="digits", device="cpu")
+    assert not make_splits(digits, torch.device("cpu")).augment  # no standard augmentation there
+
+
+def test_cifar10_cpu_preset_learns_real_cifar10(real_cifar10):
+    """The CIFAR-10 cpu budget's preset learns the real task: swin-nano on its 2,560 training images
+    (micro-batch 128, the budget's augmentation) reaches above 0.40 validation accuracy after 50
+    epochs. The 256-unit MLP trained in the same loop on the same images never gets there: its
+    best over 200 epochs was 0.392 (``python -m benchmarks.overfitting --settings 2560x200``);
+    measured once here, this run gives 0.418."""
+    cfg = TrainConfig(dataset="cifar10", data_dir=str(real_cifar10), model="swin-nano", train_subset=2560,
+                      val_size=5000, train_eval_size=500, epochs=50, eval_every=50, batch_size=128,
+                      device="cpu", seed=0)  # fmt: skip
+    result = train(cfg)
+    assert result.final["val_accuracy"] > 0.40

@@ -3,7 +3,7 @@
 from analysis.document import write_png
 from analysis.figures import steps_figure
 from analysis.verdict import runs_from_study
-from tests.analysis.test_verdict import N, grid
+from tests.analysis.synthetic import N, grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

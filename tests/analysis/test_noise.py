@@ -21,17 +21,18 @@ def b_true(epoch: int) -> float:
     return 20.0 * 2 ** (epoch - 1)
 
 
-def add_run(study, *, batch, accumulation, seed, noise=True, scale=1.0):
-    """A grid run whose per-epoch estimates give exactly b_true; ``scale`` multiplies both
-    estimates (a run with larger gradients), which leaves its ratio alone."""
+def add_run(study, *, batch, accumulation, seed, noise=True, scale=1.0, spread=1.0):
+    """A grid run whose per-epoch estimates give exactly b_true x ``spread``; ``scale`` multiplies
+    both estimates (a run with larger gradients), which leaves its ratio alone."""
     params = {"batch_size": batch, "accumulation_steps": accumulation, "lr_scaling": "none", "seed": seed}
     g2 = [scale * 1.0 / e for e in range(1, EPOCHS + 1)]
-    history = {"optimizer_steps": list(range(1, EPOCHS + 1)), "val_accuracy": [0.5] * EPOCHS}
+    history = {"optimizer_steps": list(range(1, EPOCHS + 1)), "val_accuracy": [0.5] * EPOCHS,
+               "train_eval_loss": [2.0 / e for e in range(1, EPOCHS + 1)]}  # fmt: skip
     if noise:
         history |= {
             "grad_norm_sq": g2,
-            "grad_trace_sigma": [g * b_true(e) for e, g in enumerate(g2, start=1)],
-            "grad_noise_scale": [b_true(e) for e in range(1, EPOCHS + 1)],
+            "grad_trace_sigma": [g * b_true(e) * spread for e, g in enumerate(g2, start=1)],
+            "grad_noise_scale": [b_true(e) * spread for e in range(1, EPOCHS + 1)],
         }
     cfg = {
         "dataset": "fashion-mnist",
@@ -65,8 +66,8 @@ def grid(url=None, *, noise=True) -> optuna.Study:
     return study
 
 
-def test_pooled_noise_scale_per_epoch_is_the_known_one():
-    runs = noise_runs(grid())
+def test_the_noise_scale_per_epoch_is_the_known_one_whatever_the_gradient_size():
+    runs = noise_runs(grid())  # two seeds whose gradients differ in size by 2x: the same ratio
     assert len(runs) == 12
     curve = per_epoch(runs)
     assert [row["epoch"] for row in curve] == list(range(1, EPOCHS + 1))
@@ -75,18 +76,29 @@ def test_pooled_noise_scale_per_epoch_is_the_known_one():
         assert row["low"] == pytest.approx(row["high"]) and row["runs"] == 12
 
 
-def test_pooling_averages_before_the_ratio():
-    """One run's |G|^2 estimate is negative at epoch 1 (noise): its own ratio is undefined, and the
-    pooled ratio is the ratio of the means, not a mean of ratios."""
+def test_per_run_values_give_the_median_and_a_95_percent_interval_of_runs():
+    """Five runs whose B_simple is b_true x 0.5, 0.8, 1, 1.25, 2, one of them with 10x larger
+    gradients: the median is b_true (a pooled ratio of means would be pulled to the big run's 0.5x),
+    the interval the 2.5th and 97.5th percentiles of the five."""
     study = optuna.create_study(direction="maximize")
-    add_run(study, batch=32, accumulation=1, seed=0)
-    add_run(study, batch=32, accumulation=4, seed=0)
-    runs = noise_runs(study)
-    hacked = replace(runs[1], norm_sq=[-0.5, *runs[1].norm_sq[1:]])
-    row = per_epoch([runs[0], hacked])[0]
+    spreads = [0.5, 0.8, 1.0, 1.25, 2.0]
+    for seed, spread in enumerate(spreads):
+        add_run(
+            study,
+            batch=32,
+            accumulation=4,
+            seed=seed % 2,
+            spread=spread,
+            scale=10.0 if spread == 0.5 else 1.0,
+        )
+    row = per_epoch(noise_runs(study))[2]  # epoch 3
+    assert row["b_simple"] == pytest.approx(b_true(3)) and row["runs"] == 5
+    # linear-interpolated percentiles of the sorted values (positions 0.1 and 3.9 of 0..4)
+    assert row["low"] == pytest.approx(b_true(3) * (0.5 + 0.1 * 0.3))
+    assert row["high"] == pytest.approx(b_true(3) * (1.25 + 0.9 * 0.75))
+    hacked = replace(noise_runs(study)[0], norm_sq=[-0.5] * EPOCHS)  # a non-positive |G|^2: no value
     assert math.isnan(hacked.b_simple(1))
-    assert row["b_simple"] == pytest.approx((20 + 20) / 2 / ((1.0 - 0.5) / 2))
-    assert row["low"] == row["high"] == pytest.approx(20)  # the runs' own range: finite ratios only
+    assert per_epoch([hacked, *noise_runs(study)[1:]])[0]["runs"] == 4
 
 
 def test_batches_below_near_and_above():
@@ -103,7 +115,7 @@ def test_batches_below_near_and_above():
         "512": "near",
     }
     text = summary["sentence"]
-    assert "grows from 20 at epoch 1 to 320 at epoch 5" in text
+    assert "grows from 20 at epoch 1 (95% of runs 20 to 20) to 320 at epoch 5 (320 to 320)" in text
     # at epoch 1, B_simple = 20: 32 near, the rest above
     assert summary["positions_at_first_epoch"] == {
         "32": "near",
@@ -115,7 +127,7 @@ def test_batches_below_near_and_above():
     assert (
         "at epoch 1: 32 near; 64, 128, 256, 512 above; at epoch 5: 32, 64, 128 below; 256, 512 near" in text
     )
-    assert "not overfitting" in text
+    assert "which explanation holds is read at matched training progress" in text
 
 
 def test_runs_without_the_measurement_are_left_out():
@@ -130,7 +142,7 @@ def test_cli_prints_and_writes_the_section(tmp_path):
     out = tmp_path / "out"
     proc = cli("analysis.noise_scale", "--study", "g", "--storage", url, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "grows from 20 at epoch 1 to 320 at epoch 5" in proc.stdout
+    assert "grows from 20 at epoch 1 (95% of runs 20 to 20) to 320 at epoch 5" in proc.stdout
     doc = json.loads((out / "noise-scale.json").read_text())
     assert [round(r["b_simple"]) for r in doc["per_epoch"]] == [20, 40, 80, 160, 320]
     assert "figures/noise-scale.png" in (out / "noise-scale.md").read_text()

@@ -10,20 +10,9 @@ import optuna
 import pytest
 
 from analysis.overfitting import OVERFITTING, UNDER_TRAINING
-from tests.analysis.test_verdict import grid
+from tests.analysis.synthetic import stored
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def stored(tmp_path, kind: str, name: str = "g", **kw) -> str:
-    """A synthetic grid study (tests.analysis.test_verdict.grid) copied into a SQLite file."""
-    url = f"sqlite:///{tmp_path / 'v.db'}"
-    source = grid(kind, **kw)
-    target = optuna.create_study(storage=url, study_name=name, direction="maximize")
-    for key, value in source.user_attrs.items():
-        target.set_user_attr(key, value)
-    target.add_trials(source.trials)
-    return url
 
 
 def overfitting(*args):
@@ -39,27 +28,32 @@ def test_cli_gives_the_verdict_in_every_format(tmp_path, kind, verdict):
     url = stored(tmp_path, kind, arms=("none", "linear"))
     table = overfitting("--study", "g", "--storage", url)
     assert table.returncode == 0, table.stderr
-    assert f"verdict: {verdict}" in table.stdout and "lr scaling linear" in table.stdout
+    assert f"Verdict: {verdict}." in table.stdout and "lr scaling `linear`" in table.stdout
+    assert table.stdout.index("(b x N) against (bN x 1)") < table.stdout.index(
+        "Verdict:"
+    )  # equivalence first
     doc = json.loads(overfitting("--study", "g", "--storage", url, "--format", "json").stdout)
     arms = {a["arm"]: a for a in doc["studies"][0]["arms"]}
     assert arms["none"]["verdict"] == verdict and arms["none"]["seeds"] == [0, 1, 2]
+    assert arms["none"]["predictions"]["behind_at_matched_epochs"] is (verdict == UNDER_TRAINING)
     rows = list(
         csv.DictReader(io.StringIO(overfitting("--study", "g", "--storage", url, "--format", "csv").stdout))
     )
-    assert {r["where"] for r in rows} >= {"epoch 3", "epoch 6", "epoch 15", "matched steps epoch 12"}
-    assert all(r["n"] == "3" for r in rows)  # n = seeds
+    assert {r["where"] for r in rows} >= {"epoch 8", "epoch 40", "equal train loss: accumulated epoch 16",
+                                          "best epoch (minimum validation loss)",
+                                          "matched steps: accumulated epoch 160 = baseline epoch 40"}  # fmt: skip
+    assert all(r["n"] == "3" for r in rows if r["where"].startswith("epoch"))  # n = seeds
     figures = tmp_path / "figs"
     markdown = overfitting(
         "--study", "g", "--storage", url, "--format", "markdown", "--figures", str(figures)
     )
     assert markdown.returncode == 0 and f"**Verdict: {verdict}.**" in markdown.stdout
-    assert (figures / "g-steps-none-x4.png").is_file() and str(
-        figures / "g-steps-none-x4.png"
-    ) in markdown.stdout
+    for name in ("g-steps-none-x4", "g-progress-none-x4", "g-progress-linear-x4"):
+        assert (figures / f"{name}.png").is_file() and f"figures/{name}.png" in markdown.stdout
 
 
 def test_cli_refuses_a_search_study_and_bad_input(tmp_path):
-    url = stored(tmp_path, "none")
+    url = stored(tmp_path, "neither")
     search = optuna.create_study(storage=url, study_name="s", direction="maximize")
     search.set_user_attr("kind", "search")
     db = tmp_path / "v.db"

@@ -95,7 +95,7 @@ def test_report_writes_both_files_with_every_parameter_in_every_importance_table
         assert f"| {state.name.lower()} | {n} |" in markdown
     assert f"Best trial: {study.best_trial.number} " in markdown
     # a grid of the same dataset is in the storage: the verdict and the comparison are there
-    assert re.search(r"Verdict: (overfitting|under-training|no-difference|inconclusive)\.", markdown)
+    assert re.search(r"Verdict: (overfitting|under-training|both|neither|inconclusive)\.", markdown)
     assert "### Search against grid g" in markdown
     # the grid measured the gradient noise scale: the report places the batches on it
     assert "### g: the gradient noise scale" in markdown

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.analysis.test_overfitting import stored
+from tests.analysis.synthetic import stored
 
 
 def results(*args):
@@ -23,17 +23,21 @@ def test_results_folder_from_the_grid_alone(tmp_path):
     proc = results("--dataset", "fashion-mnist", "--budget", "cpu", "--storage", url, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     for name in ("report.md", "verdict.json", "grid-runs.csv", "grid-history.csv", "records/grid.jsonl",
-                 "figures/steps-none-x4.png"):  # fmt: skip
+                 "figures/steps-none-x4.png", "figures/progress-none-x4.png"):  # fmt: skip
         assert (out / name).is_file(), name
         assert str(out / name) in proc.stdout.splitlines(), name
     verdict = json.loads((out / "verdict.json").read_text())
     assert [a["verdict"] for a in verdict["arms"]] == ["under-training"]
+    assert [e["micro_batch"] for e in verdict["equivalence"]] == [32, 64, 128]
+    assert (
+        verdict["baseline_overfits"]["micro_batch"] == 32
+        and len(verdict["baseline_overfits"]["per_seed"]) == 3
+    )
     assert "noise_scale" not in verdict  # the grid did not measure it: no section, no figure
     assert not (out / "figures" / "noise-scale.png").exists()
-    assert (
-        "![accuracy against optimizer steps and epochs, arm none](figures/steps-none-x4.png)"
-        in (out / "report.md").read_text()
-    )
+    report = (out / "report.md").read_text()
+    assert "(figures/steps-none-x4.png)" in report and "(figures/progress-none-x4.png)" in report
+    assert report.index("(b x N) against (bN x 1)") < report.index("The verdict per lr-scaling arm")
     assert not (out / "search-trials.csv").exists()  # no search study: skipped
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
 

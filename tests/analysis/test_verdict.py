@@ -1,7 +1,6 @@
-"""The run-level verdict (analysis.verdict) on synthetic grid studies whose answer is known."""
+"""The verdict (analysis.verdict) on synthetic grid studies whose answer is planted, and on real runs."""
 
 import math
-import random
 
 import optuna
 import pytest
@@ -10,186 +9,187 @@ from optuna.trial import create_trial
 from scipy import stats
 
 from analysis.verdict import (
+    BOTH,
     INCONCLUSIVE,
-    NO_DIFFERENCE,
+    NEITHER,
     OVERFITTING,
     UNDER_TRAINING,
+    Run,
     analyse,
+    interpolate_at_loss,
     matched_epochs,
+    reason,
     recovery,
     runs_from_study,
+    twins,
 )
+from tests.analysis.synthetic import BATCHES, POINTS, N, grid
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-N = 4
-BATCHES = (32, 64, 128)
-EPOCHS = 15
-POINTS = [3, 6, 15]
-TRAIN_IMAGES = 2048  # a multiple of 128 x 4: every 4th accumulated epoch is step-matched
 
 
-def learned(steps: float) -> float:
-    """Train accuracy as a function of optimizer steps only: what under-training means."""
-    return 0.95 - 0.6 * math.exp(-steps / 120)
+def unscaled(study):
+    return next(a for a in analyse(study) if a.arm == "none")
 
 
-def add_run(study, *, batch, accumulation, arm, seed, train, gap, images=TRAIN_IMAGES, epochs=EPOCHS):
-    """One grid run whose per-epoch train accuracy and gap come from ``train(steps, epoch)`` and
-    ``gap(steps, epoch)``."""
-    per_epoch = images // (batch * accumulation)
-    steps = [per_epoch * (e + 1) for e in range(epochs)]
-    train_acc = [train(s, e + 1) for e, s in enumerate(steps)]
-    gaps = [gap(s, e + 1) for e, s in enumerate(steps)]
-    history = {
-        "optimizer_steps": steps,
-        "train_accuracy": train_acc,
-        "val_accuracy": [t - g for t, g in zip(train_acc, gaps, strict=True)],
-        "generalization_gap": gaps,
-        "train_seconds": [0.01 * batch * accumulation * s for s in steps],  # time per image is constant
-    }
-    params = {"batch_size": batch, "accumulation_steps": accumulation, "lr_scaling": arm, "seed": seed}
-    study.add_trial(
-        create_trial(
-            params=params,
-            distributions={
-                "batch_size": CategoricalDistribution(BATCHES),
-                "accumulation_steps": CategoricalDistribution((1, N)),
-                "lr_scaling": CategoricalDistribution(("none", "linear", "sqrt")),
-                "seed": CategoricalDistribution(tuple(range(10))),
-            },
-            value=history["val_accuracy"][-1],
-            user_attrs={"config": {"dataset": "fashion-mnist", **params}, "history": history},
-        )
+@pytest.mark.parametrize(
+    ("kind", "verdict"),
+    [("under-training", UNDER_TRAINING), ("overfitting", OVERFITTING), ("both", BOTH), ("neither", NEITHER)],
+)
+def test_the_planted_answer_is_found(kind, verdict):
+    a = unscaled(grid(kind))
+    assert a.verdict == verdict, reason(a)
+    assert a.seeds == [0, 1, 2] and all(r.effects["val_loss"].n == 3 for r in a.at_train_loss)  # n = seeds
+
+
+def test_under_training_lies_on_the_baselines_curve_reached_later():
+    a = unscaled(grid("under-training"))
+    p = a.predictions
+    assert p.behind_at_matched_epochs and p.minimum_later and p.same_curve_at_equal_train_loss
+    assert not p.overfitting()
+    # matched epochs measure progress: the gap is smaller, because the accumulated run is behind
+    assert a.at_epochs[0].effects["generalization_gap"].high < 0
+    best = a.at_minimum.effects
+    assert best["epoch_ratio"].mean == pytest.approx(N, rel=0.05)  # N times the epochs ...
+    assert best["steps_ratio"].mean == pytest.approx(1.0, rel=0.05)  # ... the same optimizer steps
+    # the step-matched runs end at their baselines' steps: the last matched-steps row is the end
+    assert (
+        a.at_steps[-1].where
+        == f"matched steps: accumulated epoch {N * POINTS[-1]} = baseline epoch {POINTS[-1]}"
     )
 
 
-def grid(kind: str, *, seeds: int = 3, arms=("none",)) -> optuna.Study:
-    """A grid study whose accumulated runs behave as ``kind`` says (seeded noise of 0.003)."""
-    study = optuna.create_study(direction="maximize")
-    study.set_user_attr("kind", "grid")
-    study.set_user_attr("epoch_points", POINTS)
-    study.set_user_attr("arms", list(arms))
-    rng = random.Random(0)
-    for seed in range(seeds):
-        for batch in BATCHES:
-            jitter = {e: rng.gauss(0, 0.003) for e in range(1, EPOCHS + 1)}
-
-            def noisy(f, jitter=jitter):
-                return lambda s, epoch: f(s, epoch) + jitter[epoch]
-
-            add_run(study, batch=batch, accumulation=1, arm="none", seed=seed,
-                    train=noisy(lambda s, e: learned(s)), gap=lambda s, e: 0.02)  # fmt: skip
-            for arm in arms:
-                if kind == "under-training":  # accuracy follows steps; scaled arms take bigger steps
-                    factor = {"none": 1, "linear": N, "sqrt": math.sqrt(N)}[arm]
-                    train = noisy(lambda s, e, f=factor: learned(s * f))
-                    gap = lambda s, e: 0.02  # noqa: E731
-                elif kind == "overfitting":  # same train accuracy per epoch, the gap grows
-                    train = noisy(lambda s, e, b=batch: learned(e * TRAIN_IMAGES // b))
-                    gap = lambda s, e: 0.02 + 0.006 * e  # noqa: E731
-                else:  # no difference at all
-                    train = noisy(lambda s, e, b=batch: learned(e * TRAIN_IMAGES // b))
-                    gap = lambda s, e: 0.02  # noqa: E731
-                add_run(study, batch=batch, accumulation=N, arm=arm, seed=seed, train=train, gap=gap)
-    return study
+def test_overfitting_at_equal_training_loss_is_not_hidden_by_matched_epochs():
+    a = unscaled(grid("overfitting"))
+    assert a.predictions.worse_val_loss_at_equal_train_loss and a.predictions.worse_best_val_loss
+    assert not a.predictions.behind_at_matched_epochs
+    assert a.at_train_loss[-1].effects["val_loss"].mean == pytest.approx(0.15, abs=0.02)  # the planted shift
 
 
-def by_arm(study):
-    return {a.arm: a for a in analyse(study)}
-
-
-def test_under_training_is_recognised_and_lr_scaling_recovers_it():
-    arms = by_arm(grid("under-training", arms=("none", "linear", "sqrt")))
-    none = arms["none"]
-    assert none.verdict == UNDER_TRAINING, none.reason
-    assert none.seeds == [0, 1, 2] and none.at_epochs[-1]["val_accuracy"]["n"] == 3  # n = runs (seeds)
-    assert none.at_epochs[-1]["train_accuracy"]["high"] < -0.01  # fewer steps: lower accuracy per epoch
-    # exactly matched: accumulated epoch 12 has the steps of baseline epoch 3
-    assert none.at_steps[0]["accumulated_epoch"] == [12] and none.at_steps[0]["baseline_epochs"] == [3]
-    assert abs(none.at_steps[0]["val_accuracy"]["mean"]) < 0.005
-    lines = recovery(list(arms.values()))
-    assert any(
-        line.startswith("lr scaled linear") and "recovered" in line and "not" not in line for line in lines
-    )
-
-
-def test_overfitting_is_recognised():
-    none = by_arm(grid("overfitting"))["none"]
-    assert none.verdict == OVERFITTING, none.reason
-    assert none.at_epochs[-1]["generalization_gap"]["low"] > 0
-    assert none.at_steps[0]["generalization_gap"]["low"] > 0  # still larger at matched steps
-
-
-def test_no_difference_is_recognised():
-    none = by_arm(grid("none"))["none"]
-    assert none.verdict == NO_DIFFERENCE, none.reason
+def test_two_seeds_of_noise_are_inconclusive_and_say_what_could_have_been_detected():
+    a = unscaled(grid("noise", seeds=2))
+    assert a.verdict == INCONCLUSIVE
+    assert a.detectable and all(h > 0.05 for h in a.detectable.values())
+    assert "could not have been detected" in reason(a)
 
 
 def test_one_seed_is_inconclusive_whatever_the_effect():
-    none = by_arm(grid("under-training", seeds=1))["none"]
-    assert none.verdict == INCONCLUSIVE and "no interval" in none.reason
-    assert math.isnan(none.at_epochs[-1]["val_accuracy"]["low"])
+    a = unscaled(grid("overfitting", seeds=1))
+    assert a.verdict == INCONCLUSIVE and "one seed: no interval" in reason(a)
+
+
+def _run(epochs, losses, values):
+    return Run(
+        0, "cifar10", 32, 1, "none", 0, {"epoch": epochs, "train_eval_loss": losses, "val_loss": values}
+    )
+
+
+def test_interpolation_at_a_training_loss_never_extrapolates():
+    run = _run([1, 2, 3], [2.0, 1.0, 0.5], [3.0, 2.0, 1.0])
+    assert interpolate_at_loss(run, 1.0, "val_loss") == pytest.approx(2.0)
+    # linear in log loss: sqrt(2 x 1) lies halfway between the first two epochs
+    assert interpolate_at_loss(run, math.sqrt(2.0), "val_loss") == pytest.approx(2.5)
+    assert interpolate_at_loss(run, 2.5, "val_loss") is None  # above the first evaluated loss
+    assert interpolate_at_loss(run, 0.4, "val_loss") is None  # below the last
+    # a curve that comes back up is read where it first reached the loss
+    bumpy = _run([1, 2, 3, 4], [2.0, 1.0, 1.5, 0.5], [3.0, 2.0, 2.5, 1.0])
+    assert interpolate_at_loss(bumpy, 1.2, "val_loss") == pytest.approx(
+        3.0 + (math.log(2.0) - math.log(1.2)) / (math.log(2.0) - math.log(1.0)) * (2.0 - 3.0)
+    )
+
+
+def test_pairs_outside_the_baselines_range_are_left_out_and_counted():
+    study = grid("under-training")
+    a = unscaled(study)
+    # the baseline of micro-batch 128 never gets as far as its step-matched accumulated run
+    for row in a.at_train_loss:
+        assert row.pairs + row.left_out <= 3 * len(BATCHES)
+    assert any(row.left_out for row in a.at_train_loss) or all(row.pairs == 9 for row in a.at_train_loss)
+
+
+def test_scaling_the_learning_rate_recovers_an_under_training_loss():
+    analyses = analyse(grid("under-training", arms=("none", "linear")))
+    (line,) = recovery(analyses)
+    assert line.startswith("lr scaled linear (x4)") and ": recovered" in line
+    linear = next(a for a in analyses if a.arm == "linear")
+    assert not linear.predictions.behind_at_matched_epochs  # linear scaling keeps up per epoch
 
 
 def test_the_accumulation_1_runs_are_shared_by_every_arm():
     study = grid("under-training", seeds=2, arms=("none", "linear", "sqrt"))
     runs = runs_from_study(study)
-    assert sum(r.accumulation_steps == 1 for r in runs) == 2 * len(BATCHES)  # run once ...
+    assert sum(r.accumulation_steps == 1 and r.batch_size in BATCHES for r in runs) == 2 * len(BATCHES)
     analyses = analyse(study)
-    assert [a.arm for a in analyses] == ["none", "linear", "sqrt"]  # ... and compared in three arms
-    for a in analyses:
-        pairs = a.at_epochs[-1]["optimizer_steps"]
-        assert len(pairs) == 2 * len(BATCHES)  # every (batch, seed) found its baseline
+    assert [a.arm for a in analyses] == ["none", "linear", "sqrt"]
+    assert all(a.at_epochs[-1].pairs == 2 * len(BATCHES) for a in analyses)
+
+
+def test_training_time_ratios_per_epoch_and_per_step():
+    a = unscaled(grid("neither"))
+    # synthetic time is constant per image: same seconds per epoch, N times more per optimizer step
+    assert a.time["seconds_per_epoch"].mean == pytest.approx(1.0)
+    assert a.time["seconds_per_step"].mean == pytest.approx(N)
 
 
 def test_steps_are_compared_only_where_they_match_exactly():
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("epoch_points", [1, 2, 5])
     for seed in range(3):
-        # 1000 images: batch 32 makes 31 steps per epoch, accumulation 4 makes 7: never equal
-        add_run(study, batch=32, accumulation=1, arm="none", seed=seed, images=1000, epochs=5,
-                train=lambda s, e: learned(s), gap=lambda s, e: 0.02)  # fmt: skip
-        add_run(study, batch=32, accumulation=4, arm="none", seed=seed, images=1000, epochs=5,
-                train=lambda s, e: learned(s), gap=lambda s, e: 0.02)  # fmt: skip
+        for accumulation in (1, 4):  # 1000 images: 31 steps per epoch at batch 32, 7 with accumulation
+            steps = [(1000 // (32 * accumulation)) * e for e in range(1, 6)]
+            history = {"epoch": [1, 2, 3, 4, 5], "optimizer_steps": steps, "train_eval_loss": [1.0] * 5,
+                       "train_loss": [1.0] * 5, "val_loss": [1.0] * 5, "train_accuracy": [0.5] * 5,
+                       "val_accuracy": [0.5] * 5, "generalization_gap": [0.0] * 5, "train_seconds": steps}  # fmt: skip
+            params = {
+                "batch_size": 32,
+                "accumulation_steps": accumulation,
+                "lr_scaling": "none",
+                "seed": seed,
+            }
+            dists = {k: CategoricalDistribution((v,)) for k, v in params.items()}
+            study.add_trial(create_trial(params=params, distributions=dists, value=0.5,
+                                         user_attrs={"config": {"dataset": "x", **params}, "history": history}))  # fmt: skip
     (a,) = analyse(study)
-    assert a.at_steps == []  # no nearest-epoch stand-in
-    assert [u["epoch"] for u in a.unmatched] == [1, 2, 5]
-    assert a.unmatched[-1]["steps (baseline, accumulated)"] == [(155, 35)]
+    assert a.at_steps == [] and a.unmatched == [1, 2, 5]  # no nearest-epoch stand-in
     runs = runs_from_study(study)
     assert matched_epochs(runs[0], runs[1]) == []
-    assert "no epoch of the accumulated runs has exactly the step count" in a.reason
-
-
-def test_training_time_ratios_per_epoch_and_per_step():
-    none = by_arm(grid("none"))["none"]
-    # synthetic time is constant per image: same seconds per epoch, N times more per optimizer step
-    assert none.time["seconds_per_epoch"]["mean"] == pytest.approx(1.0)
-    assert none.time["seconds_per_step"]["mean"] == pytest.approx(N)
 
 
 def test_pseudo_replication_would_declare_what_the_runs_do_not_show():
-    """Two seeds disagree on the size of the effect (+0.002 and +0.030); within each seed the nine
-    (micro-batch, epoch point) differences agree. Pooling them as 18 observations finds a
-    'significant' effect; the run-level test (n = 2 seeds) does not."""
-    study = optuna.create_study(direction="maximize")
-    study.set_user_attr("epoch_points", POINTS)
-    shift = {0: 0.002, 1: 0.030}  # the accumulated run's gap offset in each seed
-    for seed in (0, 1):
-        for batch in BATCHES:
-            add_run(study, batch=batch, accumulation=1, arm="none", seed=seed,
-                    train=lambda s, e: learned(s), gap=lambda s, e: 0.02)  # fmt: skip
-            add_run(study, batch=batch, accumulation=N, arm="none", seed=seed,
-                    train=lambda s, e: learned(s), gap=lambda s, e, d=shift[seed]: 0.02 + d + 0.001 * e)  # fmt: skip
-    (a,) = analyse(study)
+    """Two seeds disagree on the size of the effect (+0.05 and +0.25 on the validation loss at equal
+    training loss); within each seed the micro-batches and epoch points agree. Pooling the
+    (micro-batch, epoch point) differences as independent observations finds a 'significant'
+    effect; the run-level test (n = 2 seeds) does not."""
+    study = grid("neither", seeds=2, offsets={0: 0.05, 1: 0.25})
     runs = runs_from_study(study)
     base = {(r.batch_size, r.seed): r for r in runs if r.accumulation_steps == 1}
-    naive = [
-        r.at(e, "generalization_gap") - base[(r.batch_size, r.seed)].at(e, "generalization_gap")
-        for r in runs
-        if r.accumulation_steps == N
-        for e in POINTS
-    ]
-    assert len(naive) == 18 and stats.ttest_1samp(naive, 0.0).pvalue < 0.05  # pseudo-replication
-    gap = a.at_epochs[-1]["generalization_gap"]
-    assert gap["n"] == 2 and gap["low"] < 0 < gap["high"]  # the runs do not show it
+    naive = []
+    for r in runs:
+        for epoch in POINTS if r.accumulation_steps == N else ():
+            at = interpolate_at_loss(base[(r.batch_size, r.seed)], r.at(epoch, r.progress), "val_loss")
+            if at is not None:
+                naive.append(r.at(epoch, "val_loss") - at)
+    assert len(naive) >= 8 and stats.ttest_1samp(naive, 0.0).pvalue < 0.05  # pseudo-replication
+    a = unscaled(study)
+    for row in a.at_train_loss:
+        effect = row.effects["val_loss"]
+        assert effect.n == 2 and effect.low < 0 < effect.high  # the runs do not show it
     assert a.verdict != OVERFITTING
+
+
+def test_twins_of_a_synthetic_grid_are_identical_and_cost_the_same():
+    table = twins(runs_from_study(grid("under-training")))
+    assert [(t.micro_batch, t.accumulation_steps) for t in table] == [(32, 4), (64, 4), (128, 4)]
+    for t in table:
+        assert t.max_train_loss_difference == 0 and t.identical_through_epoch == 40
+        assert t.seeds == [0, 1, 2] and t.seconds_per_epoch.mean == pytest.approx(1.0)
+
+
+def test_twins_of_a_real_grid_are_the_same_update(small_studies):
+    """32 x 4 and its twin 128 x 1, really trained (the quick digits grid of conftest): the same
+    update, so their training losses agree to float round-off through every epoch."""
+    study = optuna.load_study(study_name="g", storage=small_studies)
+    (pair, *_) = twins(runs_from_study(study))
+    assert (pair.micro_batch, pair.accumulation_steps) == (32, 4) and pair.common_epochs == 5
+    assert pair.max_train_loss_difference < 1e-4 and pair.identical_through_epoch == 5
+    assert pair.max_val_accuracy_difference < 0.01
