@@ -55,6 +55,7 @@ from analysis.verdict import (
     twins,
 )
 from study import records
+from study.config import validation_size
 from study.jsonsafe import finite_or_none
 from study.session import StudyError, load_studies
 from study.storage import open_storage, study_exists
@@ -101,6 +102,7 @@ def arm_blocks(a: ArmAnalysis, runs: list[Run], *, prefix: str = "") -> list[Blo
                   "and optimizer steps at which it came; the rise is the validation loss at the most progress both "
                   "runs reached over its minimum."),
         effect_table([a.at_minimum], AT_MINIMUM),
+        effect_table([a.minimum_epoch], ("epoch_ratio",)),
         Paragraph("At matched epochs and at exactly matched optimizer steps: these measure progress, not "
                   "generalization (a run that is behind has a smaller gap by construction)."),
         effect_table(a.at_epochs + a.at_steps, METRICS),
@@ -124,8 +126,8 @@ def equivalence_blocks(runs: list[Run]) -> list[Block]:
              ", ".join(map(str, t.seeds)), str(t.common_epochs), f"{t.max_train_loss_difference:.2e}",
              f"{t.max_val_accuracy_difference:.4f}", str(t.identical_through_epoch), t.seconds_per_epoch.ratio()]
             for t in table]  # fmt: skip
-    header = ["runs", "seeds", "epochs compared", "largest |train loss difference|",
-              "largest |val acc difference|", "train losses within 1e-4 through epoch", "seconds per epoch (x)"]  # fmt: skip
+    header = ["runs", "seeds", "epochs compared", "largest train loss difference",
+              "largest val acc difference", "train losses within 1e-4 through epoch", "seconds per epoch (x)"]  # fmt: skip
     return [
         Heading("Accumulation is the larger batch: (b x N) against (bN x 1)"),
         Paragraph("The same samples per step, the same learning rate: the same update, computed in N micro-batches "
@@ -149,7 +151,12 @@ def baseline_blocks(runs: list[Run]) -> list[Block]:
                      f"{sum(not m.reached for m in mins)}"])  # fmt: skip
     header = ["micro-batch", "runs", "epoch of the minimum", "minimum val loss", "last / minimum",
               "last train acc", "runs still falling"]  # fmt: skip
-    return [Heading("The baselines: where each ends on its overfitting curve"), Table(header, rows)]
+    return [
+        Heading("The baselines: where each ends on its overfitting curve"),
+        Paragraph("Accumulation-1 runs per micro-batch, mean [95% CI] over seeds; a run still falling has its "
+                  "minimum at its last evaluated epoch."),
+        Table(header, rows),
+    ]  # fmt: skip
 
 
 MIN_TRAIN_ACCURACY, MIN_RISE = 0.80, 1.25  # a baseline that clearly overfits by the last epoch point
@@ -244,7 +251,7 @@ def scale(grid: optuna.Study) -> dict[str, Any]:
         "budget": grid.user_attrs.get(records.BUDGET),
         "model": first.get("model"),
         "train_subset": first.get("train_subset"),
-        "val_size": first.get("val_size"),
+        "validation_images": validation_size(first["dataset"], first["val_size"]) if first else None,
         "train_eval_size": first.get("train_eval_size"),
         "augment": first.get("augment"),
         "epoch_points": grid.user_attrs.get(records.EPOCH_POINTS),
@@ -278,7 +285,7 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     blocks: list[Block] = [
         Paragraph(summary),
         Paragraph(f"Scale: {where['model']}, {where['train_subset']} training images, validation "
-                  f"{where['val_size']}, train metrics on {where['train_eval_size']} training images (eval mode), "
+                  f"{where['validation_images']} images, train metrics on {where['train_eval_size']} training images (eval mode), "
                   f"epoch points {'/'.join(map(str, where['epoch_points'] or []))}, micro-batches "
                   f"{', '.join(map(str, where['micro_batches']))}, accumulation {' and '.join(map(str, where['accumulation']))}, "
                   f"{where['optimizer']} lr {where['base_lr']}, seeds {', '.join(map(str, where['seeds']))} "

@@ -323,6 +323,8 @@ def progress_figure(runs: list[Run], *, arm: str, n: int, name: str) -> Figure |
     """Validation loss against training loss (log axis, the progress measure), every run drawn, one
     column per micro-batch: accumulated curves that lie on the baseline's, only shorter or longer,
     mean under-training; curves above it mean worse generalization at the same progress."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     paired = paired_runs(runs, arm, n)
     if not paired:
         return None
@@ -350,6 +352,8 @@ def progress_figure(runs: list[Run], *, arm: str, n: int, name: str) -> Figure |
                     label=label,
                 )
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow log range: no crowded minor labels
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.invert_xaxis()  # training goes left to right
         ax.set_title(f"micro-batch {batch}")
         ax.set_xlabel(

@@ -290,6 +290,23 @@ def at_minimum_row(pairs) -> Row:
     return effect_row("best epoch (minimum validation loss)", diffs, AT_MINIMUM, left_out=out)
 
 
+def later_row(pairs) -> Row:
+    """When the minimum comes: accumulated / baseline epochs of the minimum, over the pairs whose
+    baseline reached its minimum. An accumulated run still falling at its end counts with its last
+    epoch, a lower bound of when its minimum will come, so runs too short to show it weigh against
+    'later', never for it."""
+    diffs, out = {}, 0
+    for k, (b, a) in pairs.items():
+        mb = minimum(b)
+        if not mb.reached:
+            out += 1
+            continue
+        diffs[k] = {"epoch_ratio": minimum(a).epoch / mb.epoch}
+    if not diffs:
+        return Row("minimum epoch, accumulated / baseline", {"epoch_ratio": EMPTY}, {}, 0, out)
+    return effect_row("minimum epoch, accumulated / baseline", diffs, ("epoch_ratio",), left_out=out)
+
+
 # --- the predictions and the verdict -------------------------------------------------------------
 @dataclass(frozen=True)
 class Predictions:
@@ -339,9 +356,11 @@ def deciding_loss_row(at_loss: list[Row], n_seeds: int) -> Row | None:
     return (full or at_loss or [None])[-1]
 
 
-def predictions(at_epochs: list[Row], at_loss: Row | None, best: Row, t: Thresholds) -> Predictions:
+def predictions(
+    at_epochs: list[Row], at_loss: Row | None, best: Row, later: Row, t: Thresholds
+) -> Predictions:
     """The predictions, from the first epoch point (being behind shows most early), the deciding
-    equal-loss row and the best-epoch row."""
+    equal-loss row, the best-epoch row and the row of when the minimum comes."""
     first = at_epochs[0].effects if at_epochs else {}
     loss = at_loss.effects if at_loss else {}
     minimum_ = best.effects if best.pairs else {}
@@ -357,7 +376,7 @@ def predictions(at_epochs: list[Row], at_loss: Row | None, best: Row, t: Thresho
         worse_best_val_loss=_significant(minimum_.get("val_loss"), "val_loss", t, direction=+1),
         larger_rise_after_minimum=_significant(minimum_.get("rise"), "rise", t, direction=+1),
         behind_at_matched_epochs=behind,
-        minimum_later=_significant(minimum_.get("epoch_ratio"), "epoch_ratio", t, direction=+1),
+        minimum_later=_significant(later.effects["epoch_ratio"], "epoch_ratio", t, direction=+1),
         same_curve_at_equal_train_loss=_equivalent(loss.get("val_loss"), "val_loss", t),
         same_best_val_loss=_equivalent(minimum_.get("val_loss"), "val_loss", t),
         same_accuracy_at_matched_epochs=same,
@@ -411,6 +430,7 @@ class ArmAnalysis:
     at_steps: list[Row]  # progress, not generalization
     at_train_loss: list[Row]
     at_minimum: Row
+    minimum_epoch: Row  # when the minimum comes (a lower bound for accumulated runs still falling)
     unmatched: list[int]  # baseline epoch points with no exactly step-matched accumulated epoch
     time: dict[str, MeanCI]  # ratio N / 1 of training seconds per epoch and per optimizer step
     predictions: Predictions
@@ -439,18 +459,19 @@ def analyse_arm(
     acc_points = sorted({p * k for p in epoch_points for k in (1, n)})
     at_loss = at_loss_rows(pairs, acc_points)
     best = at_minimum_row(pairs)
+    later = later_row(pairs)
     time = {name: run_level_mean_ci({k: _cost(a, per) / _cost(b, per) for k, (b, a) in pairs.items()})
             for name, per in (("seconds_per_epoch", "epoch"), ("seconds_per_step", "step"))}  # fmt: skip
     seeds = sorted({s for _, s in pairs})
     deciding = deciding_loss_row(at_loss, len(seeds))
-    p = predictions(at_epochs, deciding, best, thresholds)
+    p = predictions(at_epochs, deciding, best, later, thresholds)
     matched = {int(r.where.rsplit(" ", 1)[-1]) for r in at_steps}
     progress = {a.progress for pair in pairs.values() for a in pair}
     return ArmAnalysis(
         dataset=next(iter(pairs.values()))[0].dataset, arm=arm, accumulation_steps=n, seeds=seeds,
         batch_sizes=sorted({b for b, _ in pairs}), epoch_points=epoch_points,
         progress_measure=PROGRESS if progress == {PROGRESS} else RUNNING_LOSS,
-        at_epochs=at_epochs, at_steps=at_steps, at_train_loss=at_loss, at_minimum=best,
+        at_epochs=at_epochs, at_steps=at_steps, at_train_loss=at_loss, at_minimum=best, minimum_epoch=later,
         unmatched=[e for e in epoch_points if e not in matched], time=time, predictions=p,
         verdict=decide(p, n_seeds=len(seeds)), detectable=detectable(deciding, best),
     )  # fmt: skip
@@ -494,6 +515,10 @@ def reason(a: ArmAnalysis) -> str:
         m = a.at_minimum.effects
         parts.append(f"at the best epoch: validation loss {m['val_loss'].sentence()}, rise {m['rise'].sentence()}, "
                      f"epochs x{m['epoch_ratio'].mean:.2f}, steps x{m['steps_ratio'].mean:.2f}")  # fmt: skip
+    later = a.minimum_epoch.effects["epoch_ratio"]
+    if a.minimum_epoch.pairs:
+        parts.append(f"minimum at x{later.mean:.2f} the baseline's epochs ({later.ratio()}, a lower bound where "
+                     "the accumulated run still falls)")  # fmt: skip
     if a.at_minimum.left_out:
         parts.append(f"{a.at_minimum.left_out} pair(s) had not reached a minimum")
     if len(a.seeds) < 2:
