@@ -3,8 +3,8 @@
 Prints, for each study, the best validation accuracy (and the test accuracy of that trial or grid
 point) and the compute spent (epochs trained and wall seconds, pruned and failed trials included),
 and draws the search's best-so-far validation accuracy against cumulative compute, with the grid's
-best as a horizontal line, to a PNG. The numbers come from ``analysis.comparison``, the figure from
-``analysis.figures.comparison_figure``; the storage is only read.
+best as a horizontal line, to a PNG. The numbers come from ``analysis.lib.compare``, the figure from
+``analysis.lib.figures.comparison_figure``; the storage is only read.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import optuna
 
-from analysis.comparison import StudySummary, best_so_far, comparison, summarize
-from analysis.figures import comparison_figure
-from study.cli import ArgumentParser, add_storage_flag, fail, render_table
-from study.jsonsafe import finite_or_none
-from study.session import StudyError, load_studies
+from analysis.lib.compare import StudySummary, best_so_far, comparison, summarize
+from analysis.lib.figures import comparison_figure
+from study.lib.cli import ArgumentParser, add_storage_flag, fail, render_table
+from study.lib.jsonsafe import finite_or_none
+from study.lib.session import StudyError, load_studies
 
 PROG = "analysis.compare"
 FORMATS = ("table", "markdown", "json")

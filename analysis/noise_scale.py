@@ -1,7 +1,7 @@
 """``python -m analysis.noise_scale``: the gradient noise scale of a grid run with ``--noise-scale``.
 
 Prints B_simple per epoch (pooled over the grid's runs) and the sentence that says which effective
-batches lie below, near or above it (``analysis.noise``); with ``--out`` writes ``noise-scale.md``,
+batches lie below, near or above it (``analysis.lib.noise_scale``); with ``--out`` writes ``noise-scale.md``,
 ``noise-scale.json`` and ``figures/noise-scale.png`` there. Reads the storage only.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis import noise
-from study import records
-from study.cli import ArgumentParser, add_storage_flag, fail, render_table
-from study.session import StudyError, load_studies
-from study.storage import StorageError
+from analysis.lib import noise_scale as noise
+from study.lib import records
+from study.lib.cli import ArgumentParser, add_storage_flag, fail, render_table
+from study.lib.session import StudyError, load_studies
+from study.lib.storage import StorageError
 
 PROG = "analysis.noise_scale"
 

@@ -1,6 +1,6 @@
 """``python -m analysis.overfitting``: does accumulation cause overfitting or under-training?
 
-The verdict of ``analysis.verdict``, drawn from the designed runs of grid studies (``study.grid``,
+The verdict of ``analysis.lib.overfitting``, drawn from the designed runs of grid studies (``study.grid``,
 any number of seeds and lr-scaling arms): per arm, the effect of accumulation on train accuracy,
 validation accuracy and the generalization gap at each epoch point and at exactly matched
 optimizer steps, paired by seed, with 95% confidence intervals over seeds (n = runs, never epoch
@@ -23,9 +23,8 @@ from pathlib import Path
 
 import optuna
 
-from analysis.answer import _plain, verdict_blocks
-from analysis.document import Document, render_markdown, render_text, write_png
-from analysis.verdict import (
+from analysis.lib.document import Document, render_markdown, render_text, write_png
+from analysis.lib.overfitting import (
     DEFAULT_THRESHOLDS,
     INCONCLUSIVE,
     OVERFITTING,
@@ -36,9 +35,10 @@ from analysis.verdict import (
     reason,
     recovery,
 )
-from study import records
-from study.cli import ArgumentParser, add_storage_flag, fail
-from study.session import StudyError, load_studies
+from analysis.lib.results import _plain, verdict_blocks
+from study.lib import records
+from study.lib.cli import ArgumentParser, add_storage_flag, fail
+from study.lib.session import StudyError, load_studies
 
 FORMATS = ("table", "markdown", "json", "csv")
 __all__ = ["INCONCLUSIVE", "OVERFITTING", "UNDER_TRAINING", "analyse_studies"]
@@ -61,7 +61,7 @@ def analyse_studies(
 
 
 def document(results: list[tuple[optuna.Study, list[ArmAnalysis]]]) -> Document:
-    """The verdict blocks of every study (analysis.answer.verdict_blocks), under one title."""
+    """The verdict blocks of every study (analysis.lib.results.verdict_blocks), under one title."""
     blocks = []
     for study, _ in results:
         blocks += verdict_blocks(study, prefix=f"{study.study_name}-")

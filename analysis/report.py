@@ -2,12 +2,12 @@
 
 Writes ``index.html`` (self-contained: figures embedded, plotly.js inline, opens offline) and
 ``report.md`` (figures beside it under ``figures/``, each PNG written once) to ``--out`` (default
-``reports/NAME``). What the report holds is ``analysis.sections``: summary, edge warnings,
+``reports/NAME``). What the report holds is ``analysis.lib.report``: summary, edge warnings,
 parameter importance, figures, and the verdict and comparison with a grid study of the same
 dataset.
 
 The storage is only read, unless ``--to-dashboard`` is given: then the summary note and the key
-figures are saved into the study (``analysis.publish``), so the dashboard shows them next to the
+figures are saved into the study (``analysis.lib.publish``), so the dashboard shows them next to the
 trials.
 """
 
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import optuna
 
-from analysis import document, publish, sections
-from analysis.importance import BOOTSTRAP
-from study.cli import ArgumentParser, add_quiet_flag, add_storage_flag, fail
-from study.session import StudyError, load_studies
-from study.storage import StorageError, resolve_url
+from analysis.lib import document, publish
+from analysis.lib import report as sections
+from analysis.lib.importance import BOOTSTRAP
+from study.lib.cli import ArgumentParser, add_quiet_flag, add_storage_flag, fail
+from study.lib.session import StudyError, load_studies
+from study.lib.storage import StorageError, resolve_url
 
 PROG = "analysis.report"
 

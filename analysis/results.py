@@ -2,7 +2,7 @@
 
 Written by ``python -m study.experiment`` at its end, or at any time, on whatever has finished, by
 this command: ``report.md`` with its figures, ``verdict.json``, the CSV tables and the trial
-records (``analysis.answer.write_results`` says what each file holds). It only reads the storage.
+records (``analysis.lib.results.write_results`` says what each file holds). It only reads the storage.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import optuna
 
-from analysis.answer import write_results
-from study.cli import ArgumentParser, add_storage_flag, fail
-from study.config import DATASET_SIZES
-from study.session import BUDGETS, StudyError, experiment_study_names
-from study.storage import StorageError, resolve_url
+from analysis.lib.results import write_results
+from study.lib.cli import ArgumentParser, add_storage_flag, fail
+from study.lib.config import DATASET_SIZES
+from study.lib.session import BUDGETS, StudyError, experiment_study_names
+from study.lib.storage import StorageError, resolve_url
 
 PROG = "analysis.results"
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from study.storage import STORAGE_ENV, open_storage, tune_for_writing
+from study.lib.storage import STORAGE_ENV, open_storage, tune_for_writing
 from tests.pgcluster import PostgresCluster, free_port
 
 DISTRIBUTIONS = {

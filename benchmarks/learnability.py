@@ -32,13 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from study.cli import render_table
-from study.config import TrainConfig
-from study.data import epoch_batches, load_raw, make_splits, normalize
-from study.model import PRESETS, Geometry, SwinPreset
-from study.train import EpochMetrics, train
+from study.lib.cli import render_table
+from study.lib.config import TrainConfig
+from study.lib.data import epoch_batches, load_raw, make_splits, normalize
+from study.lib.model import PRESETS, Geometry, SwinPreset
+from study.lib.train import EpochMetrics, train
 
-# Candidates: (preset, geometry). Presets not shipped in study.model are registered for this
+# Candidates: (preset, geometry). Presets not shipped in study.lib.model are registered for this
 # process only, so that train() can build them.
 EXTRA_PRESETS = {
     "swin-mini": SwinPreset(embed_dim=48, depths=(2, 2), num_heads=(3, 6)),

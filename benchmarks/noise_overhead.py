@@ -2,7 +2,7 @@
 
 Side by side in one process, same preset, data, seed and batches (Fashion-MNIST, from Debian's
 package or ``--data-dir``), for each setting of the grid that matters: no accumulation (one
-step in ``study.noise.HALVES_EVERY`` runs as two halves) and accumulation 4 (every step measured). The runs alternate off/on
+step in ``study.lib.noise.HALVES_EVERY`` runs as two halves) and accumulation 4 (every step measured). The runs alternate off/on
 ``--repeats`` times and the ratio of the fastest training seconds is printed (the minimum is the
 least disturbed by other load); the issue's target is under 5% (a ratio below 1.05). On a shared
 2-core machine, run-to-run spread can exceed that, so the meter's own work is also timed directly:
@@ -21,11 +21,11 @@ import time
 
 import torch
 
-from study.config import TrainConfig
-from study.data import RawDataset, load_raw
-from study.model import build_model, geometry_for
-from study.noise import NoiseScaleMeter
-from study.train import resolve_device, train
+from study.lib.config import TrainConfig
+from study.lib.data import RawDataset, load_raw
+from study.lib.model import build_model, geometry_for
+from study.lib.noise import NoiseScaleMeter
+from study.lib.train import resolve_device, train
 
 
 def meter_share(

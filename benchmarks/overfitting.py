@@ -4,7 +4,7 @@ For each candidate setting (training images x epochs, micro-batch), the paper's 
 (Adam, constant lr 1e-3, no accumulation, no regularization; ``swin-nano`` unless ``--model``;
 CIFAR-10's standard crop and flip unless ``--no-augment``) is trained once, evaluated every ``--eval-every`` epochs in eval mode on all its
 training images (up to ``--train-eval-size``) and on the validation split. Beside it, on the same
-split and in the same loop (``study.train.train``: same batches, same optimizer, same
+split and in the same loop (``study.lib.train.train``: same batches, same optimizer, same
 evaluation), a 256-unit MLP and a small CNN, and scikit-learn's logistic regression on the pixels,
 so that a reader sees what the data allows at this budget.
 
@@ -36,11 +36,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from study.cli import render_table
-from study.config import TrainConfig
-from study.data import load_raw, make_splits, normalize
-from study.model import OTHER_MODELS
-from study.train import EpochMetrics, train
+from study.lib.cli import render_table
+from study.lib.config import TrainConfig
+from study.lib.data import load_raw, make_splits, normalize
+from study.lib.model import OTHER_MODELS
+from study.lib.train import EpochMetrics, train
 
 MLP_WIDTH = 256
 MIN_MLP_MARGIN, MIN_TRAIN_ACCURACY, MIN_RISE = 0.05, 0.80, 1.25  # the cpu budget's criteria

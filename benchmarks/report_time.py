@@ -28,7 +28,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from analysis.importance import BOOTSTRAP, importance, searched_params, targets
+from analysis.lib.importance import BOOTSTRAP, importance, searched_params, targets
 
 DISTRIBUTIONS = {
     "accumulation_steps": CategoricalDistribution((1, 2, 4, 8, 16)),

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import optuna
 
-import study.objective as objective_module
+import study.lib.objective as objective_module
 from search_spaces import load_space
-from study.data import load_raw
-from study.objective import search_objective, space_config
-from study.session import make_pruner, make_sampler
-from study.storage import open_storage, tune_for_writing
+from study.lib.data import load_raw
+from study.lib.objective import search_objective, space_config
+from study.lib.session import make_pruner, make_sampler
+from study.lib.storage import open_storage, tune_for_writing
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 Measured side by side in one process, same model preset, same batch, same data (Fashion-MNIST,
 28 px, from Debian's package or ``--data-dir``):
 
-* ours: ``study.train.train`` (uint8 data on the device, batched normalization, no DataLoader;
+* ours: ``study.lib.train.train`` (uint8 data on the device, batched normalization, no DataLoader;
   bf16 autocast and channels-last on CUDA), steady-state images/s of its last epoch; on a CPU also
   with ``precision="bf16"`` (opt-in there, since the CPU default is fp32);
 * reference: a torchvision-style loop: ``FashionMNIST`` dataset with per-sample ``ToTensor`` and
@@ -27,10 +27,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from study.config import TrainConfig
-from study.data import load_raw
-from study.model import build_model, geometry_for
-from study.train import build_optimizer, resolve_device, train
+from study.lib.config import TrainConfig
+from study.lib.data import load_raw
+from study.lib.model import build_model, geometry_for
+from study.lib.train import build_optimizer, resolve_device, train
 
 
 def ours(cfg: TrainConfig) -> float:

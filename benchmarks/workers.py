@@ -2,7 +2,7 @@
 
 What the storage costs a study, without training: each trial suggests the quick space's six
 parameters, records one user attr (as every study.run trial records its worker) and returns. Each
-worker is a process with the storage as ``study.run`` opens it (``study.storage.open_storage``: a
+worker is a process with the storage as ``study.run`` opens it (``study.lib.storage.open_storage``: a
 heartbeat thread per trial, a stale-trial check before each trial, SQLite in WAL mode); the
 sampler is random, so the figure is storage time, not TPE's. The workers start together behind a
 barrier; the figure is the trials of all workers over the seconds from the barrier to the last
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import optuna
 
-from study.storage import open_storage, tune_for_writing
+from study.lib.storage import open_storage, tune_for_writing
 from tests.pgcluster import PostgresCluster, find_bindir
 
 

@@ -155,7 +155,7 @@ def available() -> list[str]:
 
 def load_space(name_or_path: str) -> SearchSpace:
     """Load and validate a space; ``SpaceError`` names the file and the key on any mistake."""
-    from study.config import TrainConfig
+    from study.lib.config import TrainConfig
 
     path = resolve_path(name_or_path)
     where = str(path)

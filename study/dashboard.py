@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from study.cli import ArgumentParser, add_storage_flag, fail
-from study.session import StudyError, existing_storage
-from study.storage import mask
+from study.lib.cli import ArgumentParser, add_storage_flag, fail
+from study.lib.session import StudyError, existing_storage
+from study.lib.storage import mask
 
 PROG = "study.dashboard"
 

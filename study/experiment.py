@@ -5,7 +5,7 @@ One command answers the project's question for a dataset at a budget:
 1. **the grid** (``study.grid``): the paper's fixed grid with learning-rate arms (``none``, ``linear``,
    ``sqrt``: the accumulated runs scale the lr by N or sqrt N; the accumulation-1 runs are shared by
    all arms), over ``--seeds`` seeds. This is the controlled test the verdict is drawn from; its
-   runs measure the gradient noise scale (``study.noise``) that says why accumulation costs accuracy;
+   runs measure the gradient noise scale (``study.lib.noise``) that says why accumulation costs accuracy;
 2. **the search** (``study.run``): ``--n-trials`` trials of the overfitting space (Hyperband
    pruning, as users run it);
 3. **the replication** (``study.replicate``): the best searched configuration for accumulation 1
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import optuna
 
-from study.cli import ArgumentParser, fail
-from study.config import DATASET_SIZES, LR_SCALING_EXPONENTS
-from study.session import BUDGETS, EXPERIMENT_SPACE, experiment_study_names
-from study.storage import STORAGE_ENV, StorageError, mask, open_storage, resolve_url, study_exists
-from study.workers import EXIT_INTERRUPTED, run_main, settled
+from study.lib.cli import ArgumentParser, fail
+from study.lib.config import DATASET_SIZES, LR_SCALING_EXPONENTS
+from study.lib.session import BUDGETS, EXPERIMENT_SPACE, experiment_study_names
+from study.lib.storage import STORAGE_ENV, StorageError, mask, open_storage, resolve_url, study_exists
+from study.lib.workers import EXIT_INTERRUPTED, run_main, settled
 
 PROG = "study.experiment"
 
@@ -98,7 +98,7 @@ def settled_trials(url: str, name: str) -> int:
 def resume_from_records(url: str, out: Path) -> None:
     """Import the trial records committed under ``out/records`` that the storage lacks, so that an
     experiment stopped on one machine resumes on another from its committed results."""
-    from analysis.export import import_records
+    from analysis.lib.export import import_records
 
     records = sorted((out / "records").glob("*.jsonl")) if (out / "records").is_dir() else []
     if not records:
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         env,
     )  # fmt: skip
 
-    from analysis.answer import write_results  # analysis reads the storage, never trains
+    from analysis.lib.results import write_results  # analysis reads the storage, never trains
 
     print(f"\n== 4/4 the results: {out}/", flush=True)
     written = write_results(url, names, out)

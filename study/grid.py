@@ -1,7 +1,7 @@
 """``python -m study.grid``: the paper's fixed grid as a baseline study, in the same storage.
 
 The design (the paper protocol, the learning-rate arms, the step-matched runs and the twins) is
-``study.designs``'; this command checks the flags, builds the design, queues the runs the storage
+``study.lib.grid``'; this command checks the flags, builds the design, queues the runs the storage
 lacks and runs them, here or in ``--workers`` processes.
 
 Each run is one trial (GridSampler, no pruning). Its user attr ``checkpoints`` holds, at each epoch
@@ -17,8 +17,8 @@ import sys
 
 import optuna
 
-from study import records
-from study.cli import (
+from study.lib import records
+from study.lib.cli import (
     ArgumentParser,
     add_storage_flag,
     add_training_flags,
@@ -29,11 +29,11 @@ from study.cli import (
     resolve_budget,
     worker_argv,
 )
-from study.config import DATASET_SIZES
-from study.data import DataError, load_raw
-from study.designs import GRID_BUDGETS, grid_budget, grid_design
-from study.objective import Objective
-from study.session import (
+from study.lib.config import DATASET_SIZES
+from study.lib.data import DataError, load_raw
+from study.lib.grid import GRID_BUDGETS, grid_budget, grid_design
+from study.lib.objective import Objective
+from study.lib.session import (
     StudyError,
     enqueue_runs,
     missing_runs,
@@ -42,8 +42,8 @@ from study.session import (
     run_worker_processes,
     summary,
 )
-from study.storage import StorageError, mask, resolve_url
-from study.workers import run_main
+from study.lib.storage import StorageError, mask, resolve_url
+from study.lib.workers import run_main
 
 PROG = "study.grid"
 

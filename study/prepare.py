@@ -9,8 +9,8 @@ ignored).
 
 from __future__ import annotations
 
-from study.cli import ArgumentParser, fail
-from study.data import DataError, load_raw, write_cifar10_from_jpegs
+from study.lib.cli import ArgumentParser, fail
+from study.lib.data import DataError, load_raw, write_cifar10_from_jpegs
 
 PROG = "study.prepare"
 

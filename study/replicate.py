@@ -21,15 +21,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from study import records
-from study.cli import ArgumentParser, add_storage_flag, add_training_flags, fail, render_table
-from study.config import TrainConfig
-from study.data import DataError, load_raw
-from study.jsonsafe import finite_or_none
-from study.objective import Objective
-from study.session import StudyError, load_studies, missing_runs, open_study, run_enqueued
-from study.storage import StorageError, resolve_url
-from study.workers import run_main
+from study.lib import records
+from study.lib.cli import ArgumentParser, add_storage_flag, add_training_flags, fail, render_table
+from study.lib.config import TrainConfig
+from study.lib.data import DataError, load_raw
+from study.lib.jsonsafe import finite_or_none
+from study.lib.objective import Objective
+from study.lib.session import StudyError, load_studies, missing_runs, open_study, run_enqueued
+from study.lib.storage import StorageError, resolve_url
+from study.lib.workers import run_main
 
 PROG = "study.replicate"
 METRICS = ("val_accuracy", "test_accuracy", "train_accuracy", "generalization_gap")

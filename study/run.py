@@ -1,7 +1,7 @@
 """``python -m study.run``: an Optuna study, with pruning, over a search space of the Swin trainer.
 
 Every input a user can get wrong is checked before the storage is touched, so a bad command exits
-2 with one line and leaves no empty study behind. The study itself is ``study.session``'s.
+2 with one line and leaves no empty study behind. The study itself is ``study.lib.session``'s.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 
 from search_spaces import SpaceError, available, load_space
-from study import records
-from study.cli import (
+from study.lib import records
+from study.lib.cli import (
     ArgumentParser,
     add_storage_flag,
     add_training_flags,
@@ -20,10 +20,10 @@ from study.cli import (
     resolve_budget,
     worker_argv,
 )
-from study.config import DATASET_SIZES
-from study.data import DataError, load_raw
-from study.objective import search_objective, space_config
-from study.session import (
+from study.lib.config import DATASET_SIZES
+from study.lib.data import DataError, load_raw
+from study.lib.objective import search_objective, space_config
+from study.lib.session import (
     BUDGETS,
     PRUNERS,
     SAMPLERS,
@@ -37,8 +37,8 @@ from study.session import (
     sampler_seed,
     summary,
 )
-from study.storage import StorageError, mask, resolve_url
-from study.workers import run_main
+from study.lib.storage import StorageError, mask, resolve_url
+from study.lib.workers import run_main
 
 PROG = "study.run"
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from study.config import TrainConfig
+from study.lib.config import TrainConfig
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from study.config import TrainConfig
-from study.data import (
+from study.lib.config import TrainConfig
+from study.lib.data import (
     DEBIAN_FASHION_MNIST,
     DataUnavailableError,
     augment,
@@ -167,7 +167,7 @@ def damage(raw_folder, kind: str) -> str:
 
 @pytest.mark.parametrize("kind", ["count-mismatch", "truncated"])
 def test_damaged_idx_files_raise_one_data_error_naming_the_file(tmp_path, kind):
-    from study.data import DataError
+    from study.lib.data import DataError
 
     name = damage(tmp_path / "MNIST" / "raw", kind)
     with pytest.raises(DataError, match=name):

@@ -26,12 +26,12 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
 
-import study.objective as objective_module
+import study.lib.objective as objective_module
 from search_spaces import load_space
-from study.data import load_raw
-from study.objective import search_objective
-from study.session import optimize
-from study.storage import open_storage
+from study.lib.data import load_raw
+from study.lib.objective import search_objective
+from study.lib.session import optimize
+from study.lib.storage import open_storage
 from tests.test_run import _digest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

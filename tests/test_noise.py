@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
-import study.train
-from study import records
-from study.config import TrainConfig
-from study.noise import HALVES_EVERY, NOISE_KEYS, NoiseScaleMeter
-from study.train import train
+import study.lib.train
+from study.lib import records
+from study.lib.config import TrainConfig
+from study.lib.noise import HALVES_EVERY, NOISE_KEYS, NoiseScaleMeter
+from study.lib.train import train
 from tests.test_train import TINY as TRAIN_TINY
 
 TINY = {**TRAIN_TINY, "dropout": 0.0, "attn_dropout": 0.0, "drop_path": 0.0}  # exact updates
@@ -77,7 +77,7 @@ def test_estimator_recovers_the_analytic_noise_scale_for_any_split():
 
 
 def test_the_stored_history_names_the_trainers_noise_keys():
-    # study.records keeps its own copy of the names (it loads no torch): the two must not drift
+    # study.lib.records keeps its own copy of the names (it loads no torch): the two must not drift
     assert records.NOISE_KEYS == NOISE_KEYS
 
 
@@ -129,7 +129,7 @@ def test_without_accumulation_two_halves_measure_and_the_update_stays_the_same()
 def test_estimator_inputs_come_without_a_second_forward_or_backward_pass(monkeypatch):
     """Count the training forward and backward passes and the samples they carry."""
     counts = {}
-    build = study.train.build_model
+    build = study.lib.train.build_model
 
     def counting_build(*args, **kwargs):
         model = build(*args, **kwargs)

@@ -10,10 +10,10 @@ import pytest
 from optuna.trial import TrialState
 
 from search_spaces import load_space
-from study.data import load_raw
-from study.objective import search_objective
-from study.records import FINAL_KEYS
-from study.storage import mask, resolve_url
+from study.lib.data import load_raw
+from study.lib.objective import search_objective
+from study.lib.records import FINAL_KEYS
+from study.lib.storage import mask, resolve_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 CONFIG_ATTRS = (

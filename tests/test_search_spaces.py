@@ -118,9 +118,9 @@ def test_missing_and_unparsable_files(tmp_path):
 
 
 def test_an_integer_parameter_is_checked_with_integer_values(tmp_path):
-    from study.data import load_raw
-    from study.objective import space_config
-    from study.session import check_space
+    from study.lib.data import load_raw
+    from study.lib.objective import space_config
+    from study.lib.session import check_space
 
     path = write(
         tmp_path, VALID.replace('type = "categorical"\nchoices = [1, 2]', 'type = "int"\nlow = 1\nhigh = 4')

@@ -1,4 +1,4 @@
-"""study.storage: queued trials on a SQLite file shared by several processes."""
+"""study.lib.storage: queued trials on a SQLite file shared by several processes."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from collections import Counter
 
 import optuna
 
-from study.storage import open_storage, tune_for_writing
+from study.lib.storage import open_storage, tune_for_writing
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 POP = """
 import sys, time, warnings
 import optuna
-from study.storage import open_storage, tune_for_writing
+from study.lib.storage import open_storage, tune_for_writing
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 warnings.simplefilter("ignore")
 url, start, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])

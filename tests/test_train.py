@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from study.config import TrainConfig
-from study.model import build_model
-from study.train import DIVERGED, STOPPED, learning_rate, parameter_groups, train
+from study.lib.config import TrainConfig
+from study.lib.model import build_model
+from study.lib.train import DIVERGED, STOPPED, learning_rate, parameter_groups, train
 
 # Tiny, fast runs: digits (8x8), the CPU preset, a 160-image subset
 TINY = dict(
@@ -224,7 +224,7 @@ def test_cpu_preset_learns_real_fashion_mnist(tmp_path):
     Measured once (2-core CPU, seed 0): validation accuracy 0.458 / 0.530 per epoch with the padded
     32 px / patch 4 / window 4 geometry; the geometry used before (28 px, patch 2, window 7) reached
     0.300 / 0.410 on the same run. The threshold sits between the two."""
-    from study.data import DEBIAN_FASHION_MNIST
+    from study.lib.data import DEBIAN_FASHION_MNIST
     from tests.conftest import require
 
     require(
@@ -250,7 +250,7 @@ def test_cpu_preset_learns_real_fashion_mnist(tmp_path):
 def test_the_step_splits_the_effective_batch_into_equal_micro_batches_of_the_same_samples():
     """optimizer_step is the one place a batch is split: N micro-batches of B / N, in order, whose
     concatenation is the effective batch the epoch drew."""
-    from study.train import optimizer_step
+    from study.lib.train import optimizer_step
 
     seen = []
 
@@ -291,8 +291,8 @@ def test_pruning_sees_only_evaluated_epochs():
 
 
 def test_the_eval_mode_train_loss_is_the_loss_of_the_fixed_subset():
-    from study.data import make_splits
-    from study.train import evaluate
+    from study.lib.data import make_splits
+    from study.lib.train import evaluate
 
     result = train(tiny(batch_size=16, epochs=1))
     data = make_splits(tiny(), torch.device("cpu"), input_size=8)
@@ -303,7 +303,7 @@ def test_the_eval_mode_train_loss_is_the_loss_of_the_fixed_subset():
 
 
 def test_cifar10_augmentation_is_on_by_default_and_can_be_switched_off(tmp_path):
-    from study.data import make_splits
+    from study.lib.data import make_splits
     from tests.conftest import write_cifar10
 
     write_cifar10(tmp_path / "cifar-10-batches-py", per_batch=40)

@@ -1,10 +1,10 @@
-"""analysis.document: typed blocks rendered to markdown (tables by study.cli.render_table) and HTML."""
+"""analysis.lib.document: typed blocks rendered to markdown (tables by study.lib.cli.render_table) and HTML."""
 
 import base64
 
 import pytest
 
-from analysis.document import (
+from analysis.lib.document import (
     Alert,
     Code,
     Document,
@@ -16,7 +16,7 @@ from analysis.document import (
     render_markdown,
     write,
 )
-from study.cli import render_table
+from study.lib.cli import render_table
 
 PNG = b"\x89PNG\r\n\x1a\nnot really an image"
 DOC = Document(

@@ -1,8 +1,8 @@
-"""analysis.figures: figures are PNG bytes in memory, written only by the caller."""
+"""analysis.lib.figures: figures are PNG bytes in memory, written only by the caller."""
 
-from analysis.document import write_png
-from analysis.figures import steps_figure
-from analysis.verdict import runs_from_study
+from analysis.lib.document import write_png
+from analysis.lib.figures import steps_figure
+from analysis.lib.overfitting import runs_from_study
 from tests.analysis.synthetic import N, grid
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from analysis.importance import importance, min_trials, rung, standing_out
+from analysis.lib.importance import importance, min_trials, rung, standing_out
 from tests.conftest import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,4 +1,4 @@
-"""The noise-scale analysis (analysis.noise, python -m analysis.noise_scale) on synthetic grids."""
+"""The noise-scale analysis (analysis.lib.noise_scale, python -m analysis.noise_scale) on synthetic grids."""
 
 import json
 import math
@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
-from analysis.noise import noise_runs, per_epoch, position, summarize
+from analysis.lib.noise_scale import noise_runs, per_epoch, position, summarize
 from tests.conftest import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,10 +1,10 @@
-"""analysis.stats on numbers whose answer is known."""
+"""analysis.lib.stats on numbers whose answer is known."""
 
 import math
 
 import pytest
 
-from analysis.stats import mean_ci, run_level_mean_ci
+from analysis.lib.stats import mean_ci, run_level_mean_ci
 
 
 def test_mean_ci_matches_the_t_interval_by_hand():

@@ -1,4 +1,4 @@
-"""The verdict (analysis.verdict) on synthetic grid studies whose answer is planted, and on real runs."""
+"""The verdict (analysis.lib.overfitting) on synthetic grid studies whose answer is planted, and on real runs."""
 
 import math
 
@@ -8,7 +8,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 from scipy import stats
 
-from analysis.verdict import (
+from analysis.lib.overfitting import (
     BOTH,
     INCONCLUSIVE,
     NEITHER,

@@ -27,7 +27,7 @@ from typing import Any
 
 import optuna
 
-from study.config import LR_SCALING_EXPONENTS, TrainConfig
+from study.lib.config import LR_SCALING_EXPONENTS, TrainConfig
 
 BATCH_SIZES = (32, 64, 128)
 EPOCH_POINTS = (10, 20, 50)
@@ -159,7 +159,7 @@ class GridDesign:
         """A grid run's config. The learning rate is scaled relative to the micro-batch run
         (reference batch = micro-batch), so lr = base_lr x accumulation_steps ** p for the run's
         rule. A step-matched run evaluates N times less often per epoch: as often per step."""
-        from study.objective import build_config  # the objective imports torch; a design need not
+        from study.lib.objective import build_config  # the objective imports torch; a design need not
 
         stretch = params.get("epochs", self.settings["epochs"]) // self.settings["epochs"]
         every = self.settings.get("eval_every", 1) * stretch
@@ -183,7 +183,7 @@ def grid_design(
 ) -> GridDesign:
     """The grid: batch_size x accumulation_steps x lr_scaling x seed (x epochs, for step-matched
     runs) at the budget's scale for ``dataset``; ``step_matched`` and ``twins`` default to the
-    budget's; ``noise_scale`` makes every run measure the gradient noise scale (study.noise)."""
+    budget's; ``noise_scale`` makes every run measure the gradient noise scale (study.lib.noise)."""
     scale = grid_budget(budget, dataset)
     step_matched = scale.step_matched if step_matched is None else step_matched
     step_matched = tuple(a for a in step_matched if a in arms)

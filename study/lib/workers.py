@@ -9,7 +9,7 @@
 * ``supervise`` (the parent process of ``study.run --workers N``): a worker killed by a signal
   (kill -9, the out-of-memory killer, a preempted machine) is replaced by a new worker for the
   trials it still owed, once its orphaned RUNNING trial has been failed through the heartbeat and
-  queued for retry (``study.storage``); the command still ends with exactly the requested number
+  queued for retry (``study.lib.storage``); the command still ends with exactly the requested number
   of finished trials. Workers on other machines have no parent: for them the heartbeat alone fails
   and retries a lost trial, at the next trial any worker starts.
 """
@@ -31,8 +31,8 @@ from typing import Any, NoReturn, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study import records
-from study.storage import heartbeat_settings, retry_callback
+from study.lib import records
+from study.lib.storage import heartbeat_settings, retry_callback
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 INTERRUPTED = "interrupted"  # user attr status of a trial stopped by Ctrl-C
@@ -146,7 +146,7 @@ class _TrialGuard:
 
 def _queue_retry(study: optuna.Study, number: int) -> None:
     """Queue a copy of interrupted trial ``number`` with the retry that a lost worker's trial
-    gets (``study.storage.retry_callback``), so both share ``retry_history`` and its limit."""
+    gets (``study.lib.storage.retry_callback``), so both share ``retry_history`` and its limit."""
     trial = _trial(study, number)
     if trial is not None and trial.state == TrialState.FAIL:
         with warnings.catch_warnings():

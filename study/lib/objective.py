@@ -16,11 +16,11 @@ from typing import Any
 import optuna
 
 from search_spaces import SearchSpace
-from study import records
-from study.config import DATASET_SIZES, TrainConfig, available_training_images
-from study.data import RawDataset
-from study.records import OBJECTIVE_METRICS
-from study.train import DIVERGED, STOPPED, EpochMetrics, train
+from study.lib import records
+from study.lib.config import DATASET_SIZES, TrainConfig, available_training_images
+from study.lib.data import RawDataset
+from study.lib.records import OBJECTIVE_METRICS
+from study.lib.train import DIVERGED, STOPPED, EpochMetrics, train
 
 
 @functools.cache
@@ -72,7 +72,7 @@ class Objective:
     would be used, and picking the best epoch would be early stopping on the validation set, an
     unlisted hyperparameter that flatters noisy trials. The test set is never used for selection.
 
-    What each trial stores is ``study.records``' schema: ``config`` (every resolved TrainConfig
+    What each trial stores is ``study.lib.records``' schema: ``config`` (every resolved TrainConfig
     value, with effective_batch_size, micro_batch_size and the scaled lr), the final metrics under
     the names of ``study.train --json``, ``history``, ``status``, ``environment`` and, for a
     failed trial, ``fail_reason`` (``records.write_run``).

@@ -44,8 +44,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from analysis.stats import EMPTY, MeanCI, mean_ci, run_level_mean_ci
-from study import records
+from analysis.lib.stats import EMPTY, MeanCI, mean_ci, run_level_mean_ci
+from study.lib import records
 
 METRICS = ("train_accuracy", "val_accuracy", "generalization_gap")  # at matched epochs and steps
 AT_EQUAL_LOSS = ("val_loss", "val_accuracy", "generalization_gap")  # at equal training loss

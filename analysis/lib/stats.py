@@ -2,7 +2,7 @@
 
 The unit of replication is the run (its seed): callers pass one value per run (for a paired
 effect, one difference per seed), so n is the number of independent runs, never the number of
-epoch points of a run (see analysis.verdict and tests/analysis/test_verdict.py, which shows what
+epoch points of a run (see analysis.lib.overfitting and tests/analysis/test_verdict.py, which shows what
 pooling epoch points would wrongly declare).
 """
 

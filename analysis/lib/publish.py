@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import optuna
 
-from analysis.document import Document
+from analysis.lib.document import Document
 
 DASHBOARD_FIGURES = ("importance", "history", "parallel")  # the figures shown in the dashboard
 

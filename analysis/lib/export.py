@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from study import records
+from study.lib import records
 
 CONFIG_COLUMNS = (
     "dataset",
@@ -117,11 +117,11 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 # --- trial records: a study's outcome without its database, and resuming from it -----------------
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
-    """JSON-able records of the study and of its settled trials (``study.workers.settled``): the
+    """JSON-able records of the study and of its settled trials (``study.lib.workers.settled``): the
     first record holds the study's name, directions and user attrs; each next one a trial whole
     (params with distributions, values, intermediate values, user attrs)."""
-    from study.jsonsafe import finite_or_none
-    from study.workers import settled
+    from study.lib.jsonsafe import finite_or_none
+    from study.lib.workers import settled
 
     out: list[dict[str, Any]] = [
         {

@@ -1,6 +1,6 @@
 """The gradient noise scale of a grid, and what it predicts for accumulation.
 
-Runs trained with ``--noise-scale`` (``study.noise``) record, at each evaluated epoch, the mean
+Runs trained with ``--noise-scale`` (``study.lib.noise``) record, at each evaluated epoch, the mean
 estimates of |G|^2 and tr(Sigma) over the steps since the previous one. Each run's B_simple =
 tr(Sigma) / |G|^2 per epoch is summarized over the grid's runs (every micro-batch, accumulation and
 seed) as the **median and a 95% interval of the runs' values** (their 2.5th and 97.5th
@@ -14,7 +14,7 @@ fewer steps; well **above** it, examples per step are wasted and a fixed number 
 accuracy whatever the lr. "Near" means within a factor of 2 of the median. The large-batch
 generalization account predicts a loss that grows with the batch as well, so the noise scale says
 *where* accumulation costs steps, not which explanation holds: that is the verdict's job
-(``analysis.verdict``, at matched training progress).
+(``analysis.lib.overfitting``, at matched training progress).
 
 The report (``analysis.report``) and the results (``analysis.results``) add this section when their
 grid measured the noise scale; ``python -m analysis.noise_scale`` prints it for any grid study.
@@ -31,12 +31,21 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from analysis.document import Block, Document, Figure, Heading, Paragraph, Table, render_markdown, write_png
-from analysis.figures import png, pyplot
-from analysis.stats import percentile_interval
-from analysis.verdict import runs_from_study
-from study import records
-from study.jsonsafe import finite_or_none
+from analysis.lib.document import (
+    Block,
+    Document,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    render_markdown,
+    write_png,
+)
+from analysis.lib.figures import png, pyplot
+from analysis.lib.overfitting import runs_from_study
+from analysis.lib.stats import percentile_interval
+from study.lib import records
+from study.lib.jsonsafe import finite_or_none
 
 NEAR = 2.0  # an effective batch within this factor of the median B_simple is "near" it
 

@@ -66,7 +66,7 @@ HISTORY_KEYS = (
     "train_seconds",
 )
 # Added to HISTORY by runs that measure the gradient noise scale (TrainConfig.noise_scale; the
-# names of study.noise.NOISE_KEYS, which this module does not import: it loads no torch).
+# names of study.lib.noise.NOISE_KEYS, which this module does not import: it loads no torch).
 NOISE_KEYS = ("grad_norm_sq", "grad_trace_sigma", "grad_noise_scale")
 # Recorded at each checkpoint epoch (user attr CHECKPOINTS).
 CHECKPOINT_KEYS = (

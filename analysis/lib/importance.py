@@ -27,7 +27,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from search_spaces import Param
-from study import records
+from study.lib import records
 
 EDGE_FRACTION = 0.1  # a value in the outer 10% of its range (log-aware) is "at the edge"
 

@@ -1,4 +1,4 @@
-"""A study's report as a document (``analysis.document``), section by section; nothing is written.
+"""A study's report as a document (``analysis.lib.document``), section by section; nothing is written.
 
 ``build`` returns the report and its summary note:
 
@@ -7,13 +7,13 @@
 * **Edge warnings** (``importance.edge_warnings``);
 * **Parameter importance** by fANOVA, PED-ANOVA and MDI for every target (``importance``);
 * **Figures**: history (or Pareto front), intermediate values, slice, parallel coordinates, the
-  importance bars (``analysis.figures``);
+  importance bars (``analysis.lib.figures``);
 * **Overfitting verdict and the paper's grid**, when a grid study of the same dataset is in the
-  storage: the verdict of its designed runs (``analysis.verdict``) and the comparison of the search
-  with it (``analysis.comparison``).
+  storage: the verdict of its designed runs (``analysis.lib.overfitting``) and the comparison of the search
+  with it (``analysis.lib.compare``).
 
 The note is the summary, the edge warnings and the objective's importance, for the dashboard
-(``analysis.publish``).
+(``analysis.lib.publish``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,22 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from analysis import answer, comparison, figures, noise
-from analysis.document import Alert, Block, Document, Heading, Paragraph, Table, cell, plural, render_markdown
-from analysis.importance import (
+from analysis.lib import compare as comparison
+from analysis.lib import figures
+from analysis.lib import noise_scale as noise
+from analysis.lib import results as answer
+from analysis.lib.document import (
+    Alert,
+    Block,
+    Document,
+    Heading,
+    Paragraph,
+    Table,
+    cell,
+    plural,
+    render_markdown,
+)
+from analysis.lib.importance import (
     BOOTSTRAP,
     LEVEL,
     Importance,
@@ -39,8 +52,8 @@ from analysis.importance import (
     searched_params,
 )
 from search_spaces import Param
-from study import records
-from study.session import load_studies
+from study.lib import records
+from study.lib.session import load_studies
 
 TRIAL_METRICS = (
     "val_accuracy",
@@ -181,7 +194,7 @@ def verdict_blocks(study: optuna.Study, grids: list[optuna.Study]) -> list[Block
             )
         )
         return blocks
-    # The verdict comes from the grid's designed runs only (analysis.verdict): a search's trials are
+    # The verdict comes from the grid's designed runs only (analysis.lib.overfitting): a search's trials are
     # selected, not sampled, and pruned at equal epochs.
     for grid_study in grids:
         blocks.append(Heading(f"Grid {grid_study.study_name}", 3))
@@ -207,7 +220,7 @@ def demote(block: Block) -> Block:
 
 
 def noise_blocks(grids: list[optuna.Study], search: optuna.Study | None) -> list[Block]:
-    """The gradient noise scale of the grids that measured it (analysis.noise)."""
+    """The gradient noise scale of the grids that measured it (analysis.lib.noise_scale)."""
     blocks: list[Block] = []
     for grid_study in grids:
         if runs := noise.noise_runs(grid_study):

@@ -4,7 +4,7 @@ A grid study (``records.GRID``, ``study.grid``) records every run whole at its e
 its best is taken over every epoch point of every run; any other study's best is its best trial's
 value. Compute spent counts every finished trial, pruned and failed ones included: epochs trained
 and wall seconds. ``best_so_far`` is the search's best validation accuracy against cumulative
-compute (drawn by ``analysis.figures.comparison_figure``).
+compute (drawn by ``analysis.lib.figures.comparison_figure``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from study import records
+from study.lib import records
 
 
 @dataclass

@@ -36,7 +36,7 @@ class TrainConfig:
     Args:
         dataset: ``digits`` (scikit-learn, offline), ``mnist``, ``fashion-mnist`` or ``cifar10``.
         data_dir: Folder holding the torchvision-format datasets (downloaded there when missing).
-        model: Swin preset name (see ``study.model.PRESETS``).
+        model: Swin preset name (see ``study.lib.model.PRESETS``).
         batch_size: ``paper`` protocol: the micro-batch; ``memory`` protocol: the effective batch.
         accumulation_steps: Micro-batches whose gradients are summed before one optimizer step.
         protocol: ``paper`` (effective batch = batch_size x accumulation_steps) or ``memory``
@@ -65,7 +65,7 @@ class TrainConfig:
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16``.
         compile: Wrap the model in ``torch.compile``.
-        noise_scale: Measure the gradient noise scale each epoch (``study.noise``): micro-batch vs
+        noise_scale: Measure the gradient noise scale each epoch (``study.lib.noise``): micro-batch vs
             effective-batch gradients; without accumulation, one step in 8 runs as two halves.
     """
 
@@ -181,7 +181,7 @@ def _rate(name: str, value: float, *, upper: float = 1.0) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ValueError naming the first bad field and what it allows."""
-    from study.model import model_names  # local: model imports torch/timm, config should stay light
+    from study.lib.model import model_names  # local: model imports torch/timm, config should stay light
 
     _choice("dataset", cfg.dataset, list(DATASET_SIZES))
     _choice("model", cfg.model, model_names())

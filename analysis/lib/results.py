@@ -2,7 +2,7 @@
 
 ``verdict_blocks`` is the one builder of the verdict's tables and sentences: the results report
 (``write_results``), the study report (``analysis.report``) and ``python -m analysis.overfitting``
-render the same blocks (``analysis.document``), as markdown, HTML or text.
+render the same blocks (``analysis.lib.document``), as markdown, HTML or text.
 
 ``write_results`` reads the studies of one experiment (grid, search, replicate) and writes
 ``results/DATASET-BUDGET/``:
@@ -15,7 +15,7 @@ render the same blocks (``analysis.document``), as markdown, HTML or text.
 * ``verdict.json``: the same numbers, machine-readable, with the scale and the baseline's
   overfitting criterion;
 * ``grid-runs.csv``, ``grid-history.csv``, ``search-trials.csv``, ``search-history.csv``,
-  ``replicate-runs.csv``: the trials and their per-epoch histories (``analysis.export``);
+  ``replicate-runs.csv``: the trials and their per-epoch histories (``analysis.lib.export``);
 * ``records/*.jsonl``: every settled trial whole, from which ``study.experiment`` resumes on a
   machine without the database.
 
@@ -34,12 +34,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from analysis import noise
-from analysis.document import Block, Document, Heading, Paragraph, Table, write_markdown
-from analysis.export import history_rows, run_rows, write_csv, write_records
-from analysis.figures import progress_figure, steps_figure
-from analysis.stats import MeanCI, mean_ci, welch
-from analysis.verdict import (
+from analysis.lib import noise_scale as noise
+from analysis.lib.document import Block, Document, Heading, Paragraph, Table, write_markdown
+from analysis.lib.export import history_rows, run_rows, write_csv, write_records
+from analysis.lib.figures import progress_figure, steps_figure
+from analysis.lib.overfitting import (
     AT_EQUAL_LOSS,
     AT_MINIMUM,
     METRICS,
@@ -54,11 +53,12 @@ from analysis.verdict import (
     runs_from_study,
     twins,
 )
-from study import records
-from study.config import validation_size
-from study.jsonsafe import finite_or_none
-from study.session import StudyError, load_studies
-from study.storage import open_storage, study_exists
+from analysis.lib.stats import MeanCI, mean_ci, welch
+from study.lib import records
+from study.lib.config import validation_size
+from study.lib.jsonsafe import finite_or_none
+from study.lib.session import StudyError, load_studies
+from study.lib.storage import open_storage, study_exists
 
 LABELS = {
     "train_accuracy": "train acc",
@@ -355,7 +355,7 @@ def write_results(url: str, names: dict[str, str], out: Path) -> list[Path]:
     """Write everything of the module docstring under ``out``; returns the paths written.
 
     ``names`` maps roles (``grid``, ``search``, ``replicate``) to study names, as
-    ``study.session.experiment_study_names`` gives them; the studies absent are skipped, except the
+    ``study.lib.session.experiment_study_names`` gives them; the studies absent are skipped, except the
     grid.
 
     Raises:

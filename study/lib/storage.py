@@ -25,7 +25,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-from study.records import ATTEMPT_ATTRS
+from study.lib.records import ATTEMPT_ATTRS
 
 DEFAULT_STORAGE = "sqlite:///storage/studies.db"
 STORAGE_ENV = "STUDY_STORAGE"
@@ -55,7 +55,7 @@ class RetryFailedAttempt(RetryHeartbeatStaleTrialCallback):
 
 def retry_callback() -> RetryFailedAttempt:
     """The retry of a lost or interrupted trial: the storage's heartbeat callback, and the one the
-    Ctrl-C and lost-worker paths of ``study.workers`` call, so all share ``retry_history`` and
+    Ctrl-C and lost-worker paths of ``study.lib.workers`` call, so all share ``retry_history`` and
     its limit (``MAX_RETRY``)."""
     return RetryFailedAttempt(max_retry=MAX_RETRY)
 

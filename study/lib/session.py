@@ -2,8 +2,8 @@
 
 The commands (``study.run``, ``study.grid``, ``study.replicate``, ``study.experiment`` and the
 analysis commands) parse and check their flags, then call these functions; no command imports
-another. What a trial stores is named in ``study.records``; where the storage is and how it is
-tuned, in ``study.storage``; what happens when a process stops, in ``study.workers``.
+another. What a trial stores is named in ``study.lib.records``; where the storage is and how it is
+tuned, in ``study.lib.storage``; what happens when a process stops, in ``study.lib.workers``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from search_spaces import SearchSpace, SpaceError
-from study import records
-from study.config import TrainConfig
-from study.records import OBJECTIVE_METRICS
-from study.storage import (
+from study.lib import records
+from study.lib.config import TrainConfig
+from study.lib.records import OBJECTIVE_METRICS
+from study.lib.storage import (
     DEFAULT_STORAGE,
     STORAGE_ENV,
     StorageError,
@@ -34,10 +34,10 @@ from study.storage import (
     study_exists,
     tune_for_writing,
 )
-from study.workers import optimize_guarded, settled, supervise
+from study.lib.workers import optimize_guarded, settled, supervise
 
 if TYPE_CHECKING:  # the objective imports torch; opening a study for analysis must not
-    from study.objective import Objective
+    from study.lib.objective import Objective
 
 SAMPLERS = ("tpe", "qmc", "random")
 PRUNERS = ("hyperband", "median", "none")
@@ -165,7 +165,7 @@ def run_worker_processes(
 ) -> int:
     """Start ``workers`` processes (``command(index, share) -> argv``) that run ``total`` trials of
     ``study`` between them in exact shares, replace any that a signal kills
-    (``study.workers.supervise``), and show the progress read from the storage. Returns 0 when
+    (``study.lib.workers.supervise``), and show the progress read from the storage. Returns 0 when
     every share finished."""
     env = {**os.environ, STORAGE_ENV: url}  # the URL (and any password) stays off the command line
     # One process per worker, each with all the cores' threads, would oversubscribe the CPU
@@ -288,7 +288,7 @@ def _matches(params: dict[str, Any], other: dict[str, Any]) -> bool:
 def missing_runs(
     study: optuna.Study, wanted: list[dict[str, Any]], *, defaults: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """The fixed-parameter runs of ``wanted`` without a settled trial (``study.workers.settled``:
+    """The fixed-parameter runs of ``wanted`` without a settled trial (``study.lib.workers.settled``:
     a killed or interrupted run is still missing), so a resumed grid or replication runs only
     what is missing. ``defaults`` fill parameters that trials of an older design did not have
     (a grid's ``epochs``, before grids had step-matched runs)."""
@@ -323,7 +323,7 @@ def run_enqueued(
 
 
 def existing_storage(url: str | None) -> tuple[str, optuna.storages.BaseStorage]:
-    """Resolve ``url`` (``study.storage.resolve_url``) and open a storage that must already exist,
+    """Resolve ``url`` (``study.lib.storage.resolve_url``) and open a storage that must already exist,
     for reading or browsing: returns the URL and the storage; never creates a database.
 
     Raises:

@@ -4,7 +4,7 @@ A ``Document`` is a title and a sequence of blocks (``Heading``, ``Paragraph``, 
 ``Code``, ``Table``, ``Figure``). ``render_markdown`` and ``render_html`` turn it into text;
 ``write`` puts it in a folder: every figure's PNG once under ``figures/``, ``report.md`` (linking
 those PNGs) and ``index.html`` (self-contained: the PNGs embedded from the bytes in memory, plotly.js
-inline when interactive). Markdown tables go through ``study.cli.render_table``, the one table
+inline when interactive). Markdown tables go through ``study.lib.cli.render_table``, the one table
 renderer; HTML tables have their own renderer here.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.cli import render_table
+from study.lib.cli import render_table
 
 
 @dataclass(frozen=True)

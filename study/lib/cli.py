@@ -10,8 +10,8 @@ import sys
 import typing
 from typing import Any, NoReturn
 
-from study.config import LR_SCALING_EXPONENTS, TrainConfig
-from study.storage import STORAGE_ENV
+from study.lib.config import LR_SCALING_EXPONENTS, TrainConfig
+from study.lib.storage import STORAGE_ENV
 
 EXIT_USAGE = 2
 DEVICES = ("auto", "cpu", "cuda")

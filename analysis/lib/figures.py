@@ -21,11 +21,11 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from analysis.comparison import StudySummary
-from analysis.document import Figure, cell, plural
-from analysis.importance import Importance
-from analysis.stats import mean_ci
-from analysis.verdict import Run, paired_runs
+from analysis.lib.compare import StudySummary
+from analysis.lib.document import Figure, cell, plural
+from analysis.lib.importance import Importance
+from analysis.lib.overfitting import Run, paired_runs
+from analysis.lib.stats import mean_ci
 from search_spaces import Param
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from study.config import DATASET_SIZES, TrainConfig, validation_size
+from study.lib.config import DATASET_SIZES, TrainConfig, validation_size
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # The validation split is the same for every run (whatever cfg.seed), so validation accuracies of
@@ -491,7 +491,7 @@ def epoch_batches(
     """The one place batches are formed: the effective batches of one epoch.
 
     Draws a seeded permutation of the training set and cuts it into effective batches; the
-    training step (``study.train.optimizer_step``) then splits each into micro-batches.
+    training step (``study.lib.train.optimizer_step``) then splits each into micro-batches.
     Accumulation therefore changes how a batch is split, never which samples form it.
 
     The last incomplete effective batch of an epoch is dropped: every optimizer step then averages

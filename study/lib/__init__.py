@@ -1,0 +1,1 @@
+"""The study library: what the commands of ``study/`` call (one run, studies, designs, storage)."""

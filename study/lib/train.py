@@ -1,0 +1,456 @@
+"""The Swin trainer: ``train(cfg, on_epoch) -> TrainResult`` (``python -m study.train`` runs it).
+
+The trainer knows nothing of Optuna: a caller that wants to prune passes ``on_epoch``, which sees
+each epoch's metrics and returns True to stop the run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import resource
+import time
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from study.lib.config import TrainConfig
+from study.lib.data import DataSplits, RawDataset, epoch_batches, load_raw, make_splits, normalize
+from study.lib.jsonsafe import finite_or_none
+from study.lib.model import Geometry, build_model, count_parameters, geometry_for
+from study.lib.noise import NOISE_KEYS, NoiseScaleMeter
+
+EVAL_BATCH_SIZE = 1024
+# How often (in optimizer steps) the running loss is checked for NaN/inf. Each check is a device
+# sync, so not every step; a diverged run wastes at most this many steps.
+DIVERGENCE_CHECK_EVERY = 25
+# Parameters that must not be decayed even when they are not 1-D: Swin's position tables.
+NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "pos_embed")
+
+COMPLETED, STOPPED, DIVERGED = "completed", "stopped", "diverged"
+
+
+@dataclass
+class EpochMetrics:
+    """What every epoch records (DESIGN.md, "Metrics every run records")."""
+
+    epoch: int
+    train_loss: float  # running mean over the steps since the last evaluation (train mode)
+    train_eval_loss: float  # eval mode, fixed training subset: the progress measure
+    train_accuracy: float  # eval mode, fixed training subset
+    val_loss: float
+    val_accuracy: float
+    generalization_gap: float  # train_accuracy - val_accuracy
+    optimizer_steps: int  # cumulative
+    samples_seen: int  # cumulative training samples
+    lr: float  # learning rate at the last step of the epoch
+    wall_seconds: float  # cumulative, training and evaluation
+    train_seconds: float  # cumulative, training only
+    images_per_second: float  # training samples since the last evaluation / their training seconds
+    peak_memory_bytes: int
+    test_accuracy: float | None = None  # only at the epochs train() was asked to test (test_at)
+    # Gradient noise scale (study.lib.noise), only when TrainConfig.noise_scale is on: the epoch's
+    # mean estimates of |G|^2 and tr(Sigma), and B_simple = tr(Sigma) / |G|^2.
+    grad_norm_sq: float | None = None
+    grad_trace_sigma: float | None = None
+    grad_noise_scale: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The metrics as a dict; without a noise measurement the noise keys are left out, so a
+        run without the option records exactly what it did before the option existed."""
+        out = asdict(self)
+        if self.grad_noise_scale is None:
+            for key in NOISE_KEYS:
+                del out[key]
+        return out
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed, stopped (on_epoch asked), diverged (non-finite loss)
+    config: dict[str, Any]
+    history: list[EpochMetrics]
+    final: dict[str, Any]
+    device: str
+    num_parameters: int
+    model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model
+
+    def to_dict(self) -> dict[str, Any]:
+        # NaN/inf -> null: a diverged run has a NaN loss
+        return finite_or_none(
+            {
+                "status": self.status,
+                "config": self.config,
+                "history": [m.as_dict() for m in self.history],
+                "final": self.final,
+                "device": self.device,
+                "num_parameters": self.num_parameters,
+            }
+        )
+
+
+# --- learning rate: the one place it is computed -------------------------------------------------
+def learning_rate(step: int, *, peak_lr: float, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Learning rate for optimizer step ``step`` (0-based).
+
+    Linear warmup from ``peak_lr / warmup_steps`` to ``peak_lr`` over the first ``warmup_steps``
+    steps, then ``constant`` (the paper protocol) or ``cosine`` decay reaching zero after
+    ``total_steps`` steps. ``peak_lr`` is ``TrainConfig.lr``, the scaled rate.
+    """
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return peak_lr
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return peak_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay weights only: norms, biases (all 1-D) and position tables are never decayed."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was requested but no CUDA device is available; use --device cpu")
+    return torch.device(requested)
+
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def _peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    # CPU: the process's peak resident set (Linux reports KiB); it includes the interpreter.
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    data: DataSplits,
+    *,
+    autocast: torch.autocast,
+    channels_last: bool,
+) -> tuple[float, float]:
+    """Mean cross-entropy (no label smoothing) and accuracy, in eval mode, no augmentation."""
+    model.eval()
+    loss_sum = torch.zeros((), device=images.device)
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    for start in range(0, len(labels), EVAL_BATCH_SIZE):
+        x = normalize(images[start : start + EVAL_BATCH_SIZE], data.mean, data.std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[start : start + EVAL_BATCH_SIZE]
+        with autocast:
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    n = max(1, len(labels))
+    return loss_sum.item() / n, correct.item() / n
+
+
+def optimizer_step(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    parts: int,
+    autocast: torch.autocast,
+    label_smoothing: float = 0.0,
+    meter: NoiseScaleMeter | None = None,
+) -> torch.Tensor:
+    """One optimizer step on an effective batch ``x`` (B, C, H, W), accumulated over ``parts``
+    micro-batches of B / parts: the one place a batch is split. Returns the batch's mean loss.
+
+    Each micro-batch loss is divided by ``parts``, so the summed gradients are exactly the gradient
+    of the effective batch's mean loss: accumulation is the larger batch. ``meter`` (the gradient
+    noise scale) only reads the gradients after each backward pass.
+    """
+    mean_loss = torch.zeros((), device=x.device)
+    for x_micro, y_micro in zip(x.split(len(x) // parts), y.split(len(y) // parts), strict=True):
+        with autocast:
+            logits = net(x_micro)
+        loss = F.cross_entropy(logits.float(), y_micro, label_smoothing=label_smoothing) / parts
+        loss.backward()
+        mean_loss += loss.detach()
+        if meter is not None:
+            meter.micro_batch_done()
+    if meter is not None:
+        meter.step_done()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return mean_loss
+
+
+def evaluated_epochs(cfg: TrainConfig, test_at: Collection[int] = ()) -> set[int]:
+    """The epochs after which a run is measured: every ``cfg.eval_every``-th, the last, and
+    ``test_at`` (a grid's epoch points)."""
+    epochs = set(range(cfg.eval_every, cfg.epochs + 1, cfg.eval_every)) | {cfg.epochs}
+    return epochs | {e for e in test_at if 1 <= e <= cfg.epochs}
+
+
+def train(
+    cfg: TrainConfig,
+    on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
+    *,
+    raw: RawDataset | None = None,
+    test_at: Collection[int] = (),
+    geometry: Geometry | None = None,
+) -> TrainResult:
+    """Train one configuration and measure it.
+
+    Args:
+        cfg: The run.
+        on_epoch: Called after every evaluated epoch (``evaluated_epochs``) with its metrics;
+            returning True stops the run (status ``stopped``), which is how a caller prunes.
+        raw: Already-loaded dataset (saves re-reading files when a process trains many configs).
+        test_at: Epochs after which test accuracy is also measured (the paper's 10/20/50-epoch
+            points of one long constant-lr run). Test accuracy is never used for selection.
+        geometry: Input size, patch and window; default ``study.lib.model.GEOMETRY`` for the dataset's
+            image size (``benchmarks.learnability`` passes others to compare them).
+
+    Returns:
+        The status, the history of the evaluated epochs and the ``final`` metrics (those of the
+        last epoch plus test accuracy). A non-finite training loss ends the run with status
+        ``diverged``.
+    """
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+    raw = raw if raw is not None else load_raw(cfg.dataset, cfg.data_dir)
+    geometry = geometry or geometry_for(int(raw.train_images.shape[-1]))
+    data = make_splits(cfg, device, raw, input_size=geometry.input_size)
+    model = build_model(
+        cfg.model,
+        image_size=data.image_size,
+        in_chans=data.channels,
+        num_classes=10,
+        dropout=cfg.dropout,
+        attn_dropout=cfg.attn_dropout,
+        drop_path=cfg.drop_path,
+        geometry=geometry,
+    ).to(device)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    net = torch.compile(model) if cfg.compile else model
+    autocast = _autocast(device, cfg.precision)
+    measure = Measurement(net, data, autocast=autocast, channels_last=channels_last, test_at=test_at)
+
+    order_generator = torch.Generator().manual_seed(cfg.seed)
+    augment_generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    effective, n_micro = cfg.effective_batch_size, cfg.accumulation_steps  # micro-batches per step
+    # The noise meter needs two batch sizes per step: the micro-batches of an accumulated step, or,
+    # without accumulation, the two halves of one step in HALVES_EVERY (the same update).
+    meter = None
+    if cfg.noise_scale:
+        meter = NoiseScaleMeter.for_run(model.parameters(), effective=effective, micro_batches=n_micro)
+    num_train = len(data.train_labels)
+    steps_per_epoch = num_train // effective
+    schedule = functools.partial(
+        learning_rate,
+        peak_lr=cfg.lr,
+        total_steps=steps_per_epoch * cfg.epochs,
+        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        schedule=cfg.schedule,
+    )
+    evaluate_after = evaluated_epochs(cfg, test_at)
+
+    history: list[EpochMetrics] = []
+    status = COMPLETED
+    progress = Progress()
+    for epoch in range(1, cfg.epochs + 1):
+        net.train()
+        progress.start_epoch(device)
+        batches = epoch_batches(
+            num_train, effective_batch_size=effective, generator=order_generator, device=device
+        )
+        for idx in batches:
+            lr = schedule(progress.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = data.training_batch(idx, augment_generator, channels_last=channels_last)
+            parts = n_micro if meter is None else meter.parts_of(progress.steps)
+            watching = meter if meter is not None and parts > 1 else None
+            loss = optimizer_step(
+                net, optimizer, x, y, parts=parts, autocast=autocast, label_smoothing=cfg.label_smoothing,
+                meter=watching,
+            )  # fmt: skip
+            progress.step_done(loss, effective, lr)
+            if progress.steps % DIVERGENCE_CHECK_EVERY == 0 and not progress.finite():
+                status = DIVERGED
+                break
+        progress.end_epoch(device)
+        if not progress.finite():
+            status = DIVERGED
+        if epoch not in evaluate_after and status != DIVERGED:
+            continue
+        metrics = measure(epoch, progress, noise=meter.epoch_values() if meter is not None else {})
+        history.append(metrics)
+        if status == DIVERGED:
+            break
+        if on_epoch is not None and on_epoch(metrics):
+            status = STOPPED
+            break
+
+    test_loss, test_acc = measure.test()
+    last = history[-1]
+    final = last.as_dict()
+    final.update(
+        test_loss=test_loss,
+        test_accuracy=test_acc,
+        images_per_second=last.samples_seen / max(last.train_seconds, 1e-9),
+        wall_seconds=progress.wall_seconds(),
+        lr=cfg.lr,  # the scaled peak rate; the per-epoch history has the scheduled values
+        effective_batch_size=effective,
+        micro_batch_size=cfg.micro_batch_size,
+        epochs_trained=last.epoch,
+    )
+    return TrainResult(
+        status=status,
+        config=cfg.to_dict(),
+        history=history,
+        final=final,
+        device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        num_parameters=count_parameters(model),
+        model=model,
+    )
+
+
+class Progress:
+    """Counters of a run: optimizer steps, samples, the training loss since the last evaluation
+    (a device tensor: no host sync per step), and the clocks (training seconds exclude evaluation)."""
+
+    def __init__(self) -> None:
+        self.steps = self.samples = 0
+        self.lr = math.nan
+        self.start = time.perf_counter()
+        self.train_seconds = 0.0
+        self._reset_interval()
+
+    def _reset_interval(self) -> None:
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.interval_steps = self.interval_samples = 0
+        self.interval_seconds = 0.0
+
+    def start_epoch(self, device: torch.device) -> None:
+        _sync(device)
+        self._epoch_start = time.perf_counter()
+
+    def step_done(self, loss: torch.Tensor, samples: int, lr: float) -> None:
+        self.loss_sum = self.loss_sum + loss
+        self.steps += 1
+        self.interval_steps += 1
+        self.samples += samples
+        self.interval_samples += samples
+        self.lr = lr
+
+    def end_epoch(self, device: torch.device) -> None:
+        _sync(device)
+        seconds = time.perf_counter() - self._epoch_start
+        self.train_seconds += seconds
+        self.interval_seconds += seconds
+
+    def finite(self) -> bool:
+        """Whether the training loss so far in this interval is finite (one device sync)."""
+        return bool(math.isfinite(float(self.loss_sum)))
+
+    def take_interval(self) -> tuple[float, float]:
+        """The mean training loss (train mode, running) of the steps since the last evaluation and
+        their training images per second; starts the next interval."""
+        loss = float(self.loss_sum) / max(1, self.interval_steps)
+        speed = self.interval_samples / max(self.interval_seconds, 1e-9)
+        self._reset_interval()
+        return loss, speed
+
+    def wall_seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+class Measurement:
+    """What is measured after an evaluated epoch: the fixed training subset and the validation
+    split in eval mode, and the test split at the ``test_at`` epochs."""
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        data: DataSplits,
+        *,
+        autocast: torch.autocast,
+        channels_last: bool,
+        test_at: Collection[int],
+    ) -> None:
+        self.net, self.data, self.test_at = net, data, set(test_at)
+        self.kwargs = {"autocast": autocast, "channels_last": channels_last, "data": data}
+        self.device = data.train_images.device
+
+    def test(self) -> tuple[float, float]:
+        return evaluate(self.net, self.data.test_images, self.data.test_labels, **self.kwargs)
+
+    def __call__(self, epoch: int, progress: Progress, *, noise: dict[str, float]) -> EpochMetrics:
+        train_loss, images_per_second = progress.take_interval()
+        d = self.data
+        train_eval_loss, train_acc = evaluate(
+            self.net, d.train_eval_images, d.train_eval_labels, **self.kwargs
+        )
+        val_loss, val_acc = evaluate(self.net, d.val_images, d.val_labels, **self.kwargs)
+        return EpochMetrics(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_eval_loss=train_eval_loss,
+            train_accuracy=train_acc,
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            generalization_gap=train_acc - val_acc,
+            optimizer_steps=progress.steps,
+            samples_seen=progress.samples,
+            lr=progress.lr,
+            wall_seconds=progress.wall_seconds(),
+            train_seconds=progress.train_seconds,
+            images_per_second=images_per_second,
+            peak_memory_bytes=_peak_memory_bytes(self.device),
+            test_accuracy=self.test()[1] if epoch in self.test_at else None,
+            **noise,
+        )
