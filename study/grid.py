@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import optuna
-
-from study.lib import records
 from study.lib.cli import (
     ArgumentParser,
     add_storage_flag,
@@ -27,22 +24,12 @@ from study.lib.cli import (
     fail,
     parse_arms,
     resolve_budget,
-    worker_argv,
 )
 from study.lib.config import DATASET_SIZES
 from study.lib.data import DataError, load_raw
-from study.lib.grid import GRID_BUDGETS, grid_budget, grid_design
-from study.lib.objective import Objective
-from study.lib.session import (
-    StudyError,
-    enqueue_runs,
-    missing_runs,
-    open_study,
-    optimize,
-    run_worker_processes,
-    summary,
-)
-from study.lib.storage import StorageError, mask, resolve_url
+from study.lib.grid import GRID_BUDGETS, grid_design, grid_plan
+from study.lib.session import StudyError, execute
+from study.lib.storage import StorageError, resolve_url
 from study.lib.workers import run_main
 
 PROG = "study.grid"
@@ -132,86 +119,26 @@ def check(args: argparse.Namespace) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     arms = check(args)
-    budget_note = resolve_budget(args)
+    note = resolve_budget(args)
     run = {"dataset": args.dataset, "data_dir": args.data_dir, "device": args.device}
     try:
         url = resolve_url(args.storage)
         raw = load_raw(args.dataset, args.data_dir)  # missing or damaged data fail before the storage exists
-        pool = len(raw.train_labels)
     except (StorageError, DataError) as exc:
         fail(PROG, str(exc))
-    study_name = args.study_name or f"{args.dataset}-grid-{args.budget}"
-    identity = {records.DATASET: args.dataset, records.SPACE: "grid", records.BUDGET: args.budget,
-                records.KIND: records.GRID, records.ACCUMULATION: args.accumulation_steps}  # fmt: skip
     design = grid_design(
         dataset=args.dataset, accumulation=args.accumulation_steps, seeds=args.seeds, budget=args.budget,
         base_lr=args.base_lr, arms=arms, step_matched=args.step_matched, twins=args.twins,
         noise_scale=args.noise_scale,
     )  # fmt: skip
     try:
-        for params in design.runs:  # e.g. the effective batch must fit in the training set
-            design.config(params, pool=pool, **run)
-        study, exists = open_study(
-            url,
-            study_name,
-            identity,
-            sampler=optuna.samplers.GridSampler({k: list(v) for k, v in design.choices.items()}, seed=0),
-            pruner=optuna.pruners.NopPruner(),
-        )
+        plan = grid_plan(design, args, raw, run=run, url=url, note=note, arms=arms)
+        return execute(plan, url, prog=PROG, module=PROG, argv=argv, workers=args.workers,
+                       worker_index=args.worker_index, worker_trials=args.worker_runs, quiet=args.quiet)  # fmt: skip
     except StudyError as exc:
         fail(PROG, str(exc))
-    except ValueError as exc:
+    except ValueError as exc:  # a run of the grid TrainConfig rejects, e.g. an effective batch too large
         fail(PROG, f"the grid cannot run on {args.dataset}: {exc}")
-    objective = Objective(
-        lambda trial: design.config(design.suggest(trial), pool=pool, **run),
-        raw,
-        checkpoints=checkpoint_epochs(design),
-    )
-    if args.worker_runs is not None:  # a worker of --workers: the parent has queued the runs
-        optimize(
-            study, objective, n_trials=args.worker_runs, quiet=True, prefix=f"[worker {args.worker_index}] "
-        )
-        return 0
-    records.describe_grid(
-        study, epoch_points=design.epoch_points, arms=arms, description=design.description, new=not exists
-    )
-    # A resumed grid runs only what is missing (more seeds, arms, step-matched runs or twins grow it).
-    todo = missing_runs(study, design.runs, defaults={"epochs": max(design.epoch_points)})
-    cfg = design.config(design.runs[0], pool=pool, **run)
-    print(
-        f"grid {study_name} ({'resumed' if exists else 'new'}) on {mask(url)}\n"
-        f"dataset {args.dataset}, budget {args.budget} ({budget_note}): epoch points "
-        f"{', '.join(map(str, design.epoch_points))} ({grid_budget(args.budget, args.dataset).note}), model {cfg.model}, "
-        f"{cfg.num_train if cfg.train_subset is None else cfg.train_subset} training images, Adam lr {args.base_lr:g}\n"
-        f"{design.description}\n"
-        f"{len(todo)} of {len(design.runs)} runs to do"
-        + (f", {args.workers} workers" if args.workers > 1 else ""),
-        flush=True,
-    )
-    enqueue_runs(study, todo)
-    code = 0
-    if todo and args.workers > 1:
-        resolved = ["--study-name", study_name, "--budget", args.budget]
-        code = run_worker_processes(
-            study, url, total=len(todo), workers=args.workers, prog=PROG, quiet=args.quiet,
-            command=lambda index, share: worker_argv(
-                "study.grid", argv, index=index, resolved=[*resolved, "--worker-runs", str(share)]
-            ),
-        )  # fmt: skip
-    elif todo:
-        optimize(study, objective, n_trials=len(todo), quiet=args.quiet)
-    print(summary(study, url))
-    print(
-        f"verdict: python -m analysis.overfitting --study {study_name}"
-        + ("" if args.storage is None else f" --storage '{mask(url)}'")
-    )
-    return code
-
-
-def checkpoint_epochs(design) -> tuple[int, ...]:
-    """The epochs recorded whole: the epoch points and, for step-matched runs, N times each."""
-    stretches = {e // max(design.epoch_points) for e in design.choices["epochs"]}
-    return tuple(sorted({p * k for p in design.epoch_points for k in stretches}))
 
 
 if __name__ == "__main__":

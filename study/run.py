@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 
 from search_spaces import SpaceError, available, load_space
-from study.lib import records
 from study.lib.cli import (
     ArgumentParser,
     add_storage_flag,
@@ -18,26 +17,13 @@ from study.lib.cli import (
     check_common,
     fail,
     resolve_budget,
-    worker_argv,
 )
 from study.lib.config import DATASET_SIZES
 from study.lib.data import DataError, load_raw
-from study.lib.objective import search_objective, space_config
-from study.lib.session import (
-    BUDGETS,
-    PRUNERS,
-    SAMPLERS,
-    StudyError,
-    check_space,
-    make_pruner,
-    make_sampler,
-    open_study,
-    optimize,
-    run_worker_processes,
-    sampler_seed,
-    summary,
-)
-from study.lib.storage import StorageError, mask, resolve_url
+from study.lib.objective import space_config
+from study.lib.run import check_flags, search_plan
+from study.lib.session import BUDGETS, StudyError, check_space, execute
+from study.lib.storage import StorageError, resolve_url
 from study.lib.workers import run_main
 
 PROG = "study.run"
@@ -99,30 +85,11 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    worker = args.worker_index is not None
-
-    # --- everything a user can get wrong, before the storage is touched -----------------------
+    args = build_parser().parse_args(argv)
+    # everything a user can get wrong, before the storage is touched
     check_common(PROG, args)
-    if args.workers < 1:
-        fail(PROG, f"--workers must be >= 1; got {args.workers}")
-    if args.sampler not in SAMPLERS:
-        fail(PROG, f"unknown sampler {args.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    args.objectives = tuple(name.strip() for name in args.objectives.split(","))
-    if args.objectives not in (("accuracy",), ("accuracy", "time")):
-        fail(PROG, f"--objectives must be accuracy or accuracy,time; got {','.join(args.objectives)!r}")
-    multi = len(args.objectives) > 1
-    if args.pruner is None:
-        args.pruner = "none" if multi else "hyperband"
-    if args.pruner not in PRUNERS:
-        fail(PROG, f"unknown pruner {args.pruner!r}; choose one of {', '.join(PRUNERS)}")
-    if multi and args.pruner != "none":
-        fail(
-            PROG,
-            f"--pruner {args.pruner} with --objectives accuracy,time: Optuna prunes only single-objective studies",
-        )
-    budget_note = resolve_budget(args)
+    check_flags(PROG, args)
+    note = resolve_budget(args)
     try:
         space = load_space(args.space)
         if not space.offers(args.budget):
@@ -139,82 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROG, str(exc))
     except ValueError as exc:  # a fixed setting of the space that TrainConfig rejects
         fail(PROG, f"{space.path}: {exc}")
-    objective = search_objective(space, args.budget, raw, objectives=args.objectives, **run)
-    study_name = args.study_name or f"{args.dataset}-{space.name}-{args.budget}" + ("-time" if multi else "")
-
-    # --- the storage and the study ------------------------------------------------------------
     epochs = int(space.params["epochs"].high) if "epochs" in space.params else baseline.epochs
+    plan = search_plan(args, space, raw, epochs=epochs, url=url, note=note)
     try:
-        study, exists = open_study(
-            url,
-            study_name,
-            {
-                records.DATASET: args.dataset,
-                records.SPACE: space.name,
-                records.BUDGET: args.budget,
-                records.OBJECTIVES: ",".join(args.objectives),
-            },
-            sampler=make_sampler(args.sampler, args.seed),
-            pruner=make_pruner(args.pruner, epochs),
-            objectives=args.objectives,
-        )
+        return execute(plan, url, prog=PROG, module=PROG, argv=argv, workers=args.workers,
+                       worker_index=args.worker_index, quiet=args.quiet)  # fmt: skip
     except StudyError as exc:
         fail(PROG, str(exc))
-    if exists and args.sampler != "qmc":  # QMC continues its own sequence from the stored trials
-        # A worker, or a resumed study, must not re-draw the random points the first run drew.
-        study.sampler = make_sampler(
-            args.sampler, sampler_seed(args.seed, args.worker_index, len(study.trials))
-        )
-    if not worker:
-        if not exists:
-            study.set_user_attr(records.KIND, records.SEARCH)
-            study.set_user_attr(records.ROLES, space.roles())
-            study.set_user_attr(records.SPACE_DESCRIPTION, space.description.strip())
-            if space.baseline:
-                # the paper protocol's default first, so every study contains the paper's setting
-                study.enqueue_trial(space.baseline, user_attrs={records.BASELINE: True}, skip_if_exists=True)
-        print(
-            f"study {study_name} ({'resumed, ' + str(len(study.trials)) + ' trials so far' if exists else 'new'}) "
-            f"on {mask(url)}\n"
-            f"dataset {args.dataset}, space {space.name}, budget {args.budget} ({budget_note}), "
-            f"sampler {args.sampler}, pruner {args.pruner}, objectives {','.join(args.objectives)}, "
-            f"{args.n_trials} trials, {args.workers} worker(s)",
-            flush=True,
-        )
-        if args.workers > 1:
-            code = run_worker_processes(
-                study,
-                url,
-                total=args.n_trials,
-                workers=args.workers,
-                command=lambda index, share: worker_argv(
-                    "study.run",
-                    argv,
-                    index=index,
-                    resolved=[
-                        "--space",
-                        str(space.path),
-                        "--study-name",
-                        study_name,
-                        "--budget",
-                        args.budget,
-                        "--pruner",
-                        args.pruner,
-                        "--n-trials",
-                        str(share),
-                    ],
-                ),  # fmt: skip
-                prog=PROG,
-                quiet=args.quiet,
-            )
-            print(summary(study, url))
-            return code
-
-    prefix = f"[worker {args.worker_index}] " if worker else ""
-    optimize(study, objective, n_trials=args.n_trials, timeout=args.timeout, quiet=args.quiet, prefix=prefix)
-    if not worker:
-        print(summary(study, url))
-    return 0
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def test_option_off_records_exactly_what_it_did_and_on_changes_no_update():
     off_run = train(cfg)
     off = off_run.to_dict()
     on = train(cfg.replace(noise_scale=True))
-    fields = set(study.train.EpochMetrics.__dataclass_fields__) - set(NOISE_KEYS)
+    fields = set(study.lib.train.EpochMetrics.__dataclass_fields__) - set(NOISE_KEYS)
     assert all(set(m) == fields for m in off["history"])  # no noise keys, not even as null
     assert not set(NOISE_KEYS) & set(off["final"])
     # the meter only reads gradients: the same updates, bit for bit, and the same metrics
@@ -149,7 +149,7 @@ def test_estimator_inputs_come_without_a_second_forward_or_backward_pass(monkeyp
         model.register_forward_hook(forward)
         return model
 
-    monkeypatch.setattr(study.train, "build_model", counting_build)
+    monkeypatch.setattr(study.lib.train, "build_model", counting_build)
 
     def passes(**changes):
         counts.clear()

@@ -183,8 +183,7 @@ def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[st
         study = optuna.create_study(
             storage=storage, study_name=header["study"], directions=header["directions"]
         )
-        for key, value in header["user_attrs"].items():
-            study.set_user_attr(key, value)
+        records.write_study_attrs(study, header["user_attrs"])
     present = {
         (json.dumps(t.params, sort_keys=True), t.state.name)
         for t in study.get_trials(deepcopy=False)

@@ -27,7 +27,10 @@ from typing import Any
 
 import optuna
 
+from study.lib import records
 from study.lib.config import LR_SCALING_EXPONENTS, TrainConfig
+from study.lib.session import Plan
+from study.lib.storage import mask
 
 BATCH_SIZES = (32, 64, 128)
 EPOCH_POINTS = (10, 20, 50)
@@ -227,3 +230,50 @@ def grid_design(
         + "."
     )  # fmt: skip
     return GridDesign(settings, choices, points, runs, description)
+
+
+def checkpoint_epochs(design: GridDesign) -> tuple[int, ...]:
+    """The epochs recorded whole: the epoch points and, for step-matched runs, N times each."""
+    stretches = {e // max(design.epoch_points) for e in design.choices["epochs"]}
+    return tuple(sorted({p * k for p in design.epoch_points for k in stretches}))
+
+
+def grid_plan(design: GridDesign, args: Any, raw: Any, *, run: dict[str, Any], url: str, note: str,
+              arms: tuple[str, ...]) -> Plan:  # fmt: skip
+    """The plan of ``python -m study.grid``: the design's runs the study lacks, one trial each
+    (GridSampler over the design's choices, no pruning). Every run's config is built first, so a
+    run the dataset cannot hold (an effective batch larger than its images) fails before the storage
+    is touched (ValueError)."""
+    from study.lib.objective import Objective  # the objective imports torch; a design need not
+
+    pool = len(raw.train_labels)
+    for params in design.runs:
+        design.config(params, pool=pool, **run)
+    study_name = args.study_name or f"{args.dataset}-grid-{args.budget}"
+    first = design.config(design.runs[0], pool=pool, **run)
+
+    def header(study, existed: bool, todo: int) -> str:
+        return (f"grid {study_name} ({'resumed' if existed else 'new'}) on {mask(url)}\n"
+                f"dataset {args.dataset}, budget {args.budget} ({note}): epoch points "
+                f"{', '.join(map(str, design.epoch_points))} ({grid_budget(args.budget, args.dataset).note}), "
+                f"model {first.model}, {first.num_train if first.train_subset is None else first.train_subset} "
+                f"training images, Adam lr {args.base_lr:g}\n{design.description}\n"
+                f"{todo} of {len(design.runs)} runs to do" + (f", {args.workers} workers" if args.workers > 1 else ""))  # fmt: skip
+
+    return Plan(
+        study_name=study_name,
+        identity={records.DATASET: args.dataset, records.SPACE: "grid", records.BUDGET: args.budget,
+                  records.KIND: records.GRID, records.ACCUMULATION: args.accumulation_steps},
+        sampler=optuna.samplers.GridSampler({k: list(v) for k, v in design.choices.items()}, seed=0),
+        pruner=optuna.pruners.NopPruner(),
+        objective=Objective(lambda trial: design.config(design.suggest(trial), pool=pool, **run), raw,
+                            checkpoints=checkpoint_epochs(design)),
+        runs=design.runs,
+        run_defaults={"epochs": max(design.epoch_points)},  # grids made before step-matched runs
+        prepare=lambda study, existed: records.describe_grid(study, epoch_points=design.epoch_points, arms=arms,
+                                                             description=design.description, new=not existed),
+        header=header,
+        worker_flags=lambda share: ["--study-name", study_name, "--budget", args.budget, "--worker-runs", str(share)],
+        footer=f"verdict: python -m analysis.overfitting --study {study_name}"
+        + ("" if args.storage is None else f" --storage '{mask(url)}'"),
+    )  # fmt: skip

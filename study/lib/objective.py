@@ -100,7 +100,7 @@ class Objective:
         cfg = self.configure(trial)
         # Few, grouped writes: every user attr is one storage transaction (see
         # benchmarks/study_overhead.py), so the config and the environment go in one attr each.
-        trial.set_user_attr(records.CONFIG, cfg.to_dict())
+        records.write_config(trial, cfg.to_dict())
 
         def report(m: EpochMetrics) -> bool:
             trial.report(m.val_accuracy, m.epoch)
@@ -115,9 +115,8 @@ class Objective:
             )
         except RuntimeError as exc:  # CUDA out of memory and other run-time failures
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            trial.set_user_attr(records.STATUS, "error")
-            trial.set_user_attr(records.ENVIRONMENT, environment())
-            trial.set_user_attr(records.FAIL_REASON, f"{type(exc).__name__}: {first_line}"[:500])
+            records.write_failure(trial, status="error", reason=f"{type(exc).__name__}: {first_line}"[:500],
+                                  environment=environment())  # fmt: skip
             raise
         records.write_run(
             trial,
@@ -128,7 +127,7 @@ class Objective:
         if result.status == DIVERGED:
             # Not an ordinary low score: the trial FAILs with its reason, so samplers and the
             # analysis do not read a broken run as a bad-but-valid configuration.
-            trial.set_user_attr(records.FAIL_REASON, "diverged: the training loss became NaN or infinite")
+            records.write_diverged(trial)
             return math.nan if len(self.objectives) == 1 else tuple(math.nan for _ in self.objectives)
         if result.status == STOPPED:
             raise optuna.TrialPruned(f"pruned after epoch {result.final['epochs_trained']}")

@@ -47,6 +47,7 @@ ENVIRONMENT = "environment"  # device, parameter count, package versions, git co
 FAIL_REASON = "fail_reason"
 WORKER = "worker"  # host:pid of the process that ran the attempt
 BASELINE = "baseline"  # search: the enqueued paper-protocol trial
+RESUMED_FROM_EPOCH = "resumed_from_epoch"  # the epoch a retried trial continued from (absent: from 0)
 # User attrs that describe one attempt at a trial (which process ran it, how it ended), not its
 # configuration: a retry starts without them.
 ATTEMPT_ATTRS = (WORKER, STATUS, FAIL_REASON)
@@ -104,6 +105,47 @@ FINAL_KEYS = (
 
 
 # --- writing -------------------------------------------------------------------------------------
+def write_study_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
+    """Store ``attrs`` on a study (its identity when created; a study imported from records)."""
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+
+
+def describe_search(study: optuna.Study, *, roles: dict[str, str], description: str) -> None:
+    """Mark a new study as a search of a space, with its parameters' roles."""
+    write_study_attrs(study, {KIND: SEARCH, ROLES: roles, SPACE_DESCRIPTION: description})
+
+
+def start_attempt(trial: optuna.Trial, *, worker: str) -> None:
+    """The process that runs this attempt at the trial (``host:pid``)."""
+    trial.set_user_attr(WORKER, worker)
+
+
+def write_config(trial: optuna.Trial, config: dict[str, Any]) -> None:
+    """The resolved TrainConfig of the trial, one attr (every attr is one storage transaction)."""
+    trial.set_user_attr(CONFIG, config)
+
+
+def write_failure(
+    trial: optuna.Trial, *, status: str, reason: str, environment: dict[str, Any] | None = None
+) -> None:
+    """How an attempt ended when it did not finish: ``error`` (with the environment), ``interrupted``."""
+    trial.set_user_attr(STATUS, status)
+    if environment is not None:
+        trial.set_user_attr(ENVIRONMENT, environment)
+    trial.set_user_attr(FAIL_REASON, reason)
+
+
+def write_diverged(trial: optuna.Trial) -> None:
+    """A run whose loss became NaN or infinite: a FAIL with its reason, not a low score."""
+    trial.set_user_attr(FAIL_REASON, "diverged: the training loss became NaN or infinite")
+
+
+def write_resumed(trial: optuna.Trial, epoch: int) -> None:
+    """The epoch of the predecessor's checkpoint this attempt continued from."""
+    trial.set_user_attr(RESUMED_FROM_EPOCH, epoch)
+
+
 def write_run(
     trial: optuna.Trial,
     record: dict[str, Any],
@@ -143,8 +185,7 @@ def describe_grid(
     if new:
         study.set_user_attr(EPOCH_POINTS, list(epoch_points))
     every = tuple(dict.fromkeys([*study.user_attrs.get(ARMS, []), *arms]))
-    study.set_user_attr(ARMS, list(every))
-    study.set_user_attr(SPACE_DESCRIPTION, description)
+    write_study_attrs(study, {ARMS: list(every), SPACE_DESCRIPTION: description})
     return every
 
 

@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from search_spaces import SearchSpace, SpaceError
 from study.lib import records
+from study.lib.cli import worker_argv
 from study.lib.config import TrainConfig
 from study.lib.records import OBJECTIVE_METRICS
 from study.lib.storage import (
@@ -243,8 +245,7 @@ def open_study(
         with warnings.catch_warnings():  # experimental in Optuna, but only labels the dashboard's axes
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([OBJECTIVE_METRICS[name][0] for name in objectives])
-        for key, value in identity.items():
-            study.set_user_attr(key, value)
+        records.write_study_attrs(study, identity)
     return study, exists
 
 
@@ -308,18 +309,93 @@ def enqueue_runs(study: optuna.Study, runs: list[dict[str, Any]]) -> None:
             study.enqueue_trial(params)
 
 
-def run_enqueued(
-    study: optuna.Study,
-    objective: Objective,
-    runs: list[dict[str, Any]],
+@dataclass
+class Plan:
+    """The trials one command runs in one study: what ``execute`` needs, built by the command's
+    library (``study.lib.run``, ``study.lib.grid``, ``study.lib.replicate``) from its flags.
+
+    Args:
+        study_name: The study (created, or resumed when its identity matches).
+        identity: Study attrs a resumed study must have the same (dataset, space or design, budget).
+        sampler, pruner, objectives: The study's.
+        objective: ``trial -> value``: configure, train, report, record.
+        runs: Fixed runs to queue (the grid's or a replication's parameters), of which only the ones
+            the study lacks run; None for a search, which samples ``n_trials`` new trials.
+        n_trials: A search's trials to add.
+        run_defaults: Parameters that trials of an older design lack (``missing_runs``).
+        on_open: Called with (study, existed) in every process once the study is open (a search
+            reseeds its sampler there).
+        prepare: Called with (study, existed) before anything runs, by the parent process only:
+            describes a new study, enqueues a search's baseline, reseeds a resumed sampler.
+        header: (study, existed, trials to run) -> the lines printed before the trials run.
+        worker_flags: trials -> the flags the parent resolved, given to each ``--workers`` process.
+        footer: Extra lines after the summary (what to run next).
+    """
+
+    study_name: str
+    identity: dict[str, Any]
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    objective: Objective
+    runs: list[dict[str, Any]] | None = None
+    n_trials: int = 0
+    objectives: tuple[str, ...] = ("accuracy",)
+    run_defaults: dict[str, Any] | None = None
+    timeout: float | None = None
+    on_open: Callable[[optuna.Study, bool], None] = lambda study, existed: None
+    prepare: Callable[[optuna.Study, bool], None] = lambda study, existed: None
+    header: Callable[[optuna.Study, bool, int], str] = lambda study, existed, todo: ""
+    worker_flags: Callable[[int], list[str]] = lambda trials: []
+    footer: str = ""
+    stream: TextIO = sys.stdout
+
+
+def execute(
+    plan: Plan,
+    url: str,
     *,
-    quiet: bool,
-    stream: TextIO = sys.stdout,
-) -> None:
-    """Enqueue ``runs`` (``enqueue_runs``) and optimize exactly that many trials."""
-    enqueue_runs(study, runs)
-    if runs:
-        optimize(study, objective, n_trials=len(runs), quiet=quiet, stream=stream)
+    prog: str,
+    module: str,
+    argv: list[str] | None,
+    workers: int = 1,
+    worker_index: int | None = None,
+    worker_trials: int | None = None,
+    quiet: bool = False,
+) -> int:
+    """Open (or resume) the plan's study and run its trials: here, or in ``workers`` processes
+    (``python -m module``, each given the parent's own flags and ``plan.worker_flags``), then print
+    the summary. A worker process (``worker_index`` set) only runs its ``worker_trials`` trials.
+    Returns the exit code.
+
+    Raises:
+        StudyError: the storage is unusable, or the study exists with another identity.
+    """
+    study, existed = open_study(url, plan.study_name, plan.identity, sampler=plan.sampler, pruner=plan.pruner,
+                                objectives=plan.objectives)  # fmt: skip
+    plan.on_open(study, existed)
+    if worker_index is not None:  # a worker of --workers: the parent prepared and queued everything
+        prefix = f"[worker {worker_index}] "
+        optimize(study, plan.objective, n_trials=worker_trials or plan.n_trials, timeout=plan.timeout, quiet=True,
+                 prefix=prefix, stream=plan.stream)  # fmt: skip
+        return 0
+    plan.prepare(study, existed)
+    todo = plan.n_trials
+    if plan.runs is not None:
+        missing = missing_runs(study, plan.runs, defaults=plan.run_defaults)
+        enqueue_runs(study, missing)
+        todo = len(missing)
+    if text := plan.header(study, existed, todo):
+        print(text, file=plan.stream, flush=True)
+    code = 0
+    if todo and workers > 1:
+        code = run_worker_processes(
+            study, url, total=todo, workers=workers, prog=prog, quiet=quiet,
+            command=lambda index, share: worker_argv(module, argv, index=index, resolved=plan.worker_flags(share)),
+        )  # fmt: skip
+    elif todo:
+        optimize(study, plan.objective, n_trials=todo, timeout=plan.timeout, quiet=quiet, stream=plan.stream)
+    print(summary(study, url) + (f"\n{plan.footer}" if plan.footer else ""), file=plan.stream)
+    return code
 
 
 def existing_storage(url: str | None) -> tuple[str, optuna.storages.BaseStorage]:

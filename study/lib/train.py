@@ -227,6 +227,126 @@ def evaluated_epochs(cfg: TrainConfig, test_at: Collection[int] = ()) -> set[int
     return epochs | {e for e in test_at if 1 <= e <= cfg.epochs}
 
 
+@dataclass
+class Run:
+    """Everything a run holds while it trains: data, model, optimizer, random generators, the
+    noise meter, counters and history. ``state`` and ``restore`` are what a checkpoint keeps."""
+
+    cfg: TrainConfig
+    device: torch.device
+    data: DataSplits
+    model: torch.nn.Module
+    net: torch.nn.Module  # the model, compiled when cfg.compile
+    optimizer: torch.optim.Optimizer
+    autocast: torch.autocast
+    channels_last: bool
+    measure: Measurement
+    meter: NoiseScaleMeter | None
+    schedule: Callable[[int], float]  # optimizer step -> learning rate
+    order_generator: torch.Generator  # the batch order
+    augment_generator: torch.Generator  # the augmentation's draws
+    evaluate_after: set[int]
+    progress: Progress = field(default_factory=lambda: Progress())
+    history: list[EpochMetrics] = field(default_factory=list)
+    epoch: int = 0  # epochs finished
+
+    def state(self) -> dict[str, Any]:
+        """Everything the rest of the run depends on, after an evaluated epoch (the meter has just
+        been read and the loss interval reset, so neither holds anything)."""
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "order": self.order_generator.get_state(),
+                "augment": self.augment_generator.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            },  # fmt: skip
+            "progress": self.progress.counters(),
+            "history": [m.as_dict() for m in self.history],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.epoch = state["epoch"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.order_generator.set_state(state["rng"]["order"])
+        self.augment_generator.set_state(state["rng"]["augment"])
+        if state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.progress.resume(state["progress"])
+        self.history = [EpochMetrics(**m) for m in state["history"]]
+
+
+def start(
+    cfg: TrainConfig, *, raw: RawDataset | None, test_at: Collection[int], geometry: Geometry | None
+) -> Run:
+    """Seed, load the splits onto the device, build the model, optimizer, schedule and meters."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+    raw = raw if raw is not None else load_raw(cfg.dataset, cfg.data_dir)
+    geometry = geometry or geometry_for(int(raw.train_images.shape[-1]))
+    data = make_splits(cfg, device, raw, input_size=geometry.input_size)
+    model = build_model(cfg.model, image_size=data.image_size, in_chans=data.channels, num_classes=10,
+                        dropout=cfg.dropout, attn_dropout=cfg.attn_dropout, drop_path=cfg.drop_path,
+                        geometry=geometry).to(device)  # fmt: skip
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if cfg.compile else model
+    autocast = _autocast(device, cfg.precision)
+    steps_per_epoch = len(data.train_labels) // cfg.effective_batch_size
+    # The noise meter needs two batch sizes per step: the micro-batches of an accumulated step, or,
+    # without accumulation, the two halves of one step in HALVES_EVERY (the same update).
+    meter = None
+    if cfg.noise_scale:
+        meter = NoiseScaleMeter.for_run(model.parameters(), effective=cfg.effective_batch_size,
+                                        micro_batches=cfg.accumulation_steps)  # fmt: skip
+    return Run(
+        cfg=cfg, device=device, data=data, model=model, net=net, optimizer=build_optimizer(cfg, model),
+        autocast=autocast, channels_last=channels_last,
+        measure=Measurement(net, data, autocast=autocast, channels_last=channels_last, test_at=test_at),
+        meter=meter,
+        schedule=functools.partial(learning_rate, peak_lr=cfg.lr, total_steps=steps_per_epoch * cfg.epochs,
+                                   warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), schedule=cfg.schedule),
+        order_generator=torch.Generator().manual_seed(cfg.seed),
+        augment_generator=torch.Generator(device=device).manual_seed(cfg.seed),
+        evaluate_after=evaluated_epochs(cfg, test_at),
+    )  # fmt: skip
+
+
+def train_epoch(run: Run) -> bool:
+    """One epoch of optimizer steps; False when the training loss stopped being finite."""
+    cfg, progress = run.cfg, run.progress
+    run.net.train()
+    progress.start_epoch(run.device)
+    finite = True
+    batches = epoch_batches(len(run.data.train_labels), effective_batch_size=cfg.effective_batch_size,
+                            generator=run.order_generator, device=run.device)  # fmt: skip
+    for idx in batches:
+        lr = run.schedule(progress.steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = run.data.training_batch(idx, run.augment_generator, channels_last=run.channels_last)
+        parts = cfg.accumulation_steps if run.meter is None else run.meter.parts_of(progress.steps)
+        watching = run.meter if parts > 1 else None
+        loss = optimizer_step(run.net, run.optimizer, x, y, parts=parts, autocast=run.autocast,
+                              label_smoothing=cfg.label_smoothing, meter=watching)  # fmt: skip
+        progress.step_done(loss, cfg.effective_batch_size, lr)
+        if progress.steps % DIVERGENCE_CHECK_EVERY == 0 and not progress.finite():
+            finite = False
+            break
+    progress.end_epoch(run.device)
+    run.epoch += 1
+    return finite and progress.finite()
+
+
 def train(
     cfg: TrainConfig,
     on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
@@ -234,6 +354,8 @@ def train(
     raw: RawDataset | None = None,
     test_at: Collection[int] = (),
     geometry: Geometry | None = None,
+    resume: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[Run], None] | None = None,
 ) -> TrainResult:
     """Train one configuration and measure it.
 
@@ -244,119 +366,58 @@ def train(
         raw: Already-loaded dataset (saves re-reading files when a process trains many configs).
         test_at: Epochs after which test accuracy is also measured (the paper's 10/20/50-epoch
             points of one long constant-lr run). Test accuracy is never used for selection.
-        geometry: Input size, patch and window; default ``study.lib.model.GEOMETRY`` for the dataset's
-            image size (``benchmarks.learnability`` passes others to compare them).
+        geometry: Input size, patch and window; default ``study.lib.model.GEOMETRY`` for the
+            dataset's image size (``benchmarks.learnability`` passes others to compare them).
+        resume: A ``Run.state()`` of this configuration to continue from (a checkpoint); its
+            epochs are not trained or reported again.
+        on_checkpoint: Called with the run after every evaluated epoch that ``on_epoch`` did not
+            stop (``study.lib.checkpoint`` saves ``run.state()`` there).
 
     Returns:
         The status, the history of the evaluated epochs and the ``final`` metrics (those of the
         last epoch plus test accuracy). A non-finite training loss ends the run with status
         ``diverged``.
     """
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.cuda.reset_peak_memory_stats(device)
-    raw = raw if raw is not None else load_raw(cfg.dataset, cfg.data_dir)
-    geometry = geometry or geometry_for(int(raw.train_images.shape[-1]))
-    data = make_splits(cfg, device, raw, input_size=geometry.input_size)
-    model = build_model(
-        cfg.model,
-        image_size=data.image_size,
-        in_chans=data.channels,
-        num_classes=10,
-        dropout=cfg.dropout,
-        attn_dropout=cfg.attn_dropout,
-        drop_path=cfg.drop_path,
-        geometry=geometry,
-    ).to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model)
-    net = torch.compile(model) if cfg.compile else model
-    autocast = _autocast(device, cfg.precision)
-    measure = Measurement(net, data, autocast=autocast, channels_last=channels_last, test_at=test_at)
-
-    order_generator = torch.Generator().manual_seed(cfg.seed)
-    augment_generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    effective, n_micro = cfg.effective_batch_size, cfg.accumulation_steps  # micro-batches per step
-    # The noise meter needs two batch sizes per step: the micro-batches of an accumulated step, or,
-    # without accumulation, the two halves of one step in HALVES_EVERY (the same update).
-    meter = None
-    if cfg.noise_scale:
-        meter = NoiseScaleMeter.for_run(model.parameters(), effective=effective, micro_batches=n_micro)
-    num_train = len(data.train_labels)
-    steps_per_epoch = num_train // effective
-    schedule = functools.partial(
-        learning_rate,
-        peak_lr=cfg.lr,
-        total_steps=steps_per_epoch * cfg.epochs,
-        warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-        schedule=cfg.schedule,
-    )
-    evaluate_after = evaluated_epochs(cfg, test_at)
-
-    history: list[EpochMetrics] = []
+    run = start(cfg, raw=raw, test_at=test_at, geometry=geometry)
+    if resume is not None:
+        run.restore(resume)
     status = COMPLETED
-    progress = Progress()
-    for epoch in range(1, cfg.epochs + 1):
-        net.train()
-        progress.start_epoch(device)
-        batches = epoch_batches(
-            num_train, effective_batch_size=effective, generator=order_generator, device=device
-        )
-        for idx in batches:
-            lr = schedule(progress.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = data.training_batch(idx, augment_generator, channels_last=channels_last)
-            parts = n_micro if meter is None else meter.parts_of(progress.steps)
-            watching = meter if meter is not None and parts > 1 else None
-            loss = optimizer_step(
-                net, optimizer, x, y, parts=parts, autocast=autocast, label_smoothing=cfg.label_smoothing,
-                meter=watching,
-            )  # fmt: skip
-            progress.step_done(loss, effective, lr)
-            if progress.steps % DIVERGENCE_CHECK_EVERY == 0 and not progress.finite():
-                status = DIVERGED
-                break
-        progress.end_epoch(device)
-        if not progress.finite():
-            status = DIVERGED
-        if epoch not in evaluate_after and status != DIVERGED:
+    while run.epoch < cfg.epochs:
+        finite = train_epoch(run)
+        if run.epoch not in run.evaluate_after and finite:
             continue
-        metrics = measure(epoch, progress, noise=meter.epoch_values() if meter is not None else {})
-        history.append(metrics)
-        if status == DIVERGED:
+        metrics = run.measure(run.epoch, run.progress, noise=run.meter.epoch_values() if run.meter else {})
+        run.history.append(metrics)
+        if not finite:
+            status = DIVERGED
             break
         if on_epoch is not None and on_epoch(metrics):
             status = STOPPED
             break
+        if on_checkpoint is not None:
+            on_checkpoint(run)
+    return finish(run, status)
 
-    test_loss, test_acc = measure.test()
-    last = history[-1]
+
+def finish(run: Run, status: str) -> TrainResult:
+    """The result: the history and the final metrics, with the test split measured."""
+    test_loss, test_acc = run.measure.test()
+    last = run.history[-1]
     final = last.as_dict()
     final.update(
         test_loss=test_loss,
         test_accuracy=test_acc,
         images_per_second=last.samples_seen / max(last.train_seconds, 1e-9),
-        wall_seconds=progress.wall_seconds(),
-        lr=cfg.lr,  # the scaled peak rate; the per-epoch history has the scheduled values
-        effective_batch_size=effective,
-        micro_batch_size=cfg.micro_batch_size,
+        wall_seconds=run.progress.wall_seconds(),
+        lr=run.cfg.lr,  # the scaled peak rate; the per-epoch history has the scheduled values
+        effective_batch_size=run.cfg.effective_batch_size,
+        micro_batch_size=run.cfg.micro_batch_size,
         epochs_trained=last.epoch,
     )
-    return TrainResult(
-        status=status,
-        config=cfg.to_dict(),
-        history=history,
-        final=final,
-        device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        num_parameters=count_parameters(model),
-        model=model,
-    )
+    device = run.device
+    return TrainResult(status=status, config=run.cfg.to_dict(), history=run.history, final=final,
+                       device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+                       num_parameters=count_parameters(run.model), model=run.model)  # fmt: skip
 
 
 class Progress:
@@ -407,6 +468,16 @@ class Progress:
 
     def wall_seconds(self) -> float:
         return time.perf_counter() - self.start
+
+    def counters(self) -> dict[str, float]:
+        """The counters a checkpoint keeps (taken after an evaluation: the interval is empty)."""
+        return {"steps": self.steps, "samples": self.samples, "lr": self.lr,
+                "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds()}  # fmt: skip
+
+    def resume(self, counters: dict[str, float]) -> None:
+        self.steps, self.samples, self.lr = int(counters["steps"]), int(counters["samples"]), counters["lr"]
+        self.train_seconds = counters["train_seconds"]
+        self.start = time.perf_counter() - counters["wall_seconds"]
 
 
 class Measurement:

@@ -122,15 +122,14 @@ class _TrialGuard:
             try:
                 if self.requested:  # Ctrl-C came while Optuna created this trial
                     raise KeyboardInterrupt
-                trial.set_user_attr(records.WORKER, tag)
+                records.start_attempt(trial, worker=tag)
                 self._in_objective = True
                 return objective(trial)
             except KeyboardInterrupt:
                 self._in_objective = False
                 self.requested = True
                 self.interrupted.append(trial.number)
-                trial.set_user_attr(records.STATUS, INTERRUPTED)
-                trial.set_user_attr(records.FAIL_REASON, INTERRUPTED_REASON)
+                records.write_failure(trial, status=INTERRUPTED, reason=INTERRUPTED_REASON)
                 # Optuna would log this FAIL with a traceback; the command says it in one line.
                 optuna.logging.set_verbosity(optuna.logging.ERROR)
                 raise  # Optuna records the trial as FAIL, then re-raises
@@ -222,34 +221,15 @@ def supervise(
         start(slot)
     try:
         while any(slot.proc is not None or slot.lost_tag is not None for slot in slots):
-            if any(slot.proc is not None and slot.proc.poll() is not None for slot in slots):
-                trials = study.get_trials(deepcopy=False)  # read after the exit: its last trial counts
-                for slot in slots:
-                    if slot.proc is not None and slot.proc.poll() is not None:
-                        _reap(slot, trials, prog=prog, errors=errors, max_restarts=max_restarts, log=log)
-            if any(slot.lost_tag is not None for slot in slots):
-                _recover(study, slots, prog=prog, log=log)
-                for slot in slots:
-                    if slot.lost_tag is not None and not _orphans(study, slot.lost_tag):
-                        slot.lost_tag = None
-                        if slot.owed > 0:
-                            index = start(slot)
-                            print(
-                                f"{prog}: worker {index} took over the {slot.owed} remaining trial(s) of "
-                                f"worker {slot.index}",
-                                file=log,
-                            )
+            _poll(study, slots, start, prog=prog, errors=errors, max_restarts=max_restarts, log=log)
             if progress is not None:
                 progress(_finished(study.get_trials(deepcopy=False), tags))
             time.sleep(poll_seconds)
     except KeyboardInterrupt:
         _stop_workers([slot.proc for slot in slots if slot.proc is not None])
         trials = study.get_trials(deepcopy=False)
-        stopped = [
-            t.number
-            for t in trials
-            if t.user_attrs.get(records.WORKER) in tags and t.user_attrs.get(records.STATUS) == INTERRUPTED
-        ]
+        stopped = [t.number for t in trials
+                   if t.user_attrs.get(records.WORKER) in tags and t.user_attrs.get(records.STATUS) == INTERRUPTED]  # fmt: skip
         if stopped:
             raise _interrupted(stopped) from None
         raise Interrupted("interrupted; no trial was running") from None
@@ -259,6 +239,35 @@ def supervise(
         print(f"{prog}: {'; '.join(errors)}", file=log)
         return 1
     return 0
+
+
+def _poll(
+    study: optuna.Study,
+    slots: list[_Slot],
+    start: Callable[[_Slot], int],
+    *,
+    prog: str,
+    errors: list[str],
+    max_restarts: int,
+    log: TextIO,
+) -> None:
+    """One look at the workers: account for those that exited, and once a lost worker's trial has
+    been failed and queued for retry, start its replacement (``start``)."""
+    if any(slot.proc is not None and slot.proc.poll() is not None for slot in slots):
+        trials = study.get_trials(deepcopy=False)  # read after the exit: its last trial counts
+        for slot in slots:
+            if slot.proc is not None and slot.proc.poll() is not None:
+                _reap(slot, trials, prog=prog, errors=errors, max_restarts=max_restarts, log=log)
+    if not any(slot.lost_tag is not None for slot in slots):
+        return
+    _recover(study, slots, prog=prog, log=log)
+    for slot in slots:
+        if slot.lost_tag is not None and not _orphans(study, slot.lost_tag):
+            slot.lost_tag = None
+            if slot.owed > 0:
+                index = start(slot)
+                print(f"{prog}: worker {index} took over the {slot.owed} remaining trial(s) of worker {slot.index}",
+                      file=log)  # fmt: skip
 
 
 def _reap(
