@@ -15,7 +15,8 @@ import optuna
 from analysis.lib.results import write_results
 from study.lib.cli import ArgumentParser, add_storage_flag, fail
 from study.lib.config import DATASET_SIZES
-from study.lib.session import BUDGETS, StudyError, experiment_study_names
+from study.lib.experiment import study_names
+from study.lib.session import BUDGETS, StudyError
 from study.lib.storage import StorageError, resolve_url
 
 PROG = "analysis.results"
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dataset", required=True, choices=list(DATASET_SIZES))
     parser.add_argument("--budget", required=True, choices=BUDGETS)
+    parser.add_argument(
+        "--accumulation-steps", type=int, default=4, help="the experiment's value besides 1 (default: 4)"
+    )
     parser.add_argument("--out", help="default: results/DATASET-BUDGET")
     add_storage_flag(parser)
     args = parser.parse_args(argv)
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         url = resolve_url(args.storage)
-        written = write_results(url, experiment_study_names(args.dataset, args.budget), out)
+        written = write_results(url, study_names(args.dataset, args.budget, args.accumulation_steps), out)
     except (StorageError, StudyError) as exc:
         fail(parser.prog, str(exc))
     for path in written:

@@ -95,6 +95,18 @@ class Param:
             )
         return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
 
+    def parse(self, text: str) -> Any:
+        """A value of this parameter from its text (a categorical choice by its text)."""
+        if self.type == "categorical":
+            by_text = {str(c): c for c in self.choices}
+            if text not in by_text:
+                raise SpaceError(f"{self.name}={text}: not one of its choices {', '.join(by_text)}")
+            return by_text[text]
+        try:
+            return int(text) if self.type == "int" else float(text)
+        except ValueError:
+            raise SpaceError(f"{self.name}={text}: not a number") from None
+
     def contains(self, value: Any) -> bool:
         if self.type == "categorical":
             return value in self.choices
@@ -120,6 +132,8 @@ class SearchSpace:
     fixed: dict[str, Any]
     budgets: dict[str, dict[str, Any]]
     baseline: dict[str, Any] = field(default_factory=dict)
+    # (budget, dataset) -> overrides of the budget for one dataset ([budget.cpu.cifar10])
+    dataset_budgets: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Ask the trial for every parameter; returns {name: value}."""
@@ -128,9 +142,14 @@ class SearchSpace:
     def distributions(self) -> dict[str, BaseDistribution]:
         return {name: p.distribution() for name, p in self.params.items()}
 
-    def settings(self, budget: str) -> dict[str, Any]:
-        """Fixed TrainConfig values for a budget: [fixed] updated by [budget.<budget>]."""
-        return {**self.fixed, **self.budgets.get(budget, {})}
+    def settings(self, budget: str, dataset: str | None = None) -> dict[str, Any]:
+        """Fixed TrainConfig values for a budget: [fixed] updated by [budget.<budget>], then by
+        [budget.<budget>.<dataset>]."""
+        return {
+            **self.fixed,
+            **self.budgets.get(budget, {}),
+            **self.dataset_budgets.get((budget, dataset), {}),
+        }
 
     def offers(self, budget: str) -> bool:
         """``standard`` is the space as written; ``quick`` falls back to it; ``cpu`` is a designed
@@ -139,6 +158,32 @@ class SearchSpace:
 
     def roles(self) -> dict[str, str]:
         return {name: p.role for name, p in self.params.items()} | dict.fromkeys(self.fixed, "fixed")
+
+    def fixing(self, values: dict[str, str]) -> SearchSpace:
+        """The space with some searched parameters fixed (``{"accumulation_steps": "4"}``, values as
+        typed on a command line): one stratum of a search, a study per value. The baseline keeps
+        its other parameters.
+
+        Raises:
+            SpaceError: a name that is not a searched parameter, or a value outside its range.
+        """
+        params, fixed = dict(self.params), dict(self.fixed)
+        for name, text in values.items():
+            if name not in params:
+                raise SpaceError(
+                    f"{self.path}: --fix {name}: not a searched parameter; searched: {', '.join(self.params)}"
+                )
+            param = params.pop(name)
+            value = param.parse(text)
+            if not param.contains(value):
+                raise SpaceError(
+                    f"{self.path}: --fix {name}={text}: outside the parameter's range or choices"
+                )
+            fixed[name] = value
+        if not params:
+            raise SpaceError(f"{self.path}: --fix leaves no parameter to search")
+        baseline = {k: v for k, v in self.baseline.items() if k in params}
+        return dataclasses.replace(self, params=params, fixed=fixed, baseline=baseline)
 
 
 def resolve_path(name_or_path: str) -> Path:
@@ -155,7 +200,7 @@ def available() -> list[str]:
 
 def load_space(name_or_path: str) -> SearchSpace:
     """Load and validate a space; ``SpaceError`` names the file and the key on any mistake."""
-    from study.lib.config import TrainConfig
+    from study.lib.config import DATASET_SIZES, TrainConfig
 
     path = resolve_path(name_or_path)
     where = str(path)
@@ -191,11 +236,21 @@ def load_space(name_or_path: str) -> SearchSpace:
     budgets_doc = doc.get("budget", {})
     if not isinstance(budgets_doc, dict):
         raise error("budget", "must be a table of budgets")
-    budgets = {}
+    budgets, dataset_budgets = {}, {}
     for budget, table in budgets_doc.items():
         if budget not in BUDGETS:
             raise error(f"budget.{budget}", f"unknown budget; allowed: {', '.join(BUDGETS)}")
-        budgets[budget] = config_table(f"budget.{budget}", table)
+        if not isinstance(table, dict):
+            raise error(f"budget.{budget}", "must be a table")
+        for dataset, sub in ((k, v) for k, v in table.items() if isinstance(v, dict)):
+            if dataset not in DATASET_SIZES:
+                raise error(
+                    f"budget.{budget}.{dataset}", f"unknown dataset; allowed: {', '.join(DATASET_SIZES)}"
+                )
+            dataset_budgets[(budget, dataset)] = config_table(f"budget.{budget}.{dataset}", sub)
+        budgets[budget] = config_table(
+            f"budget.{budget}", {k: v for k, v in table.items() if not isinstance(v, dict)}
+        )
 
     params_doc = doc.get("params")
     if not isinstance(params_doc, dict) or not params_doc:
@@ -220,7 +275,7 @@ def load_space(name_or_path: str) -> SearchSpace:
     description = doc.get("description", "")
     if not isinstance(description, str):
         raise error("description", "must be a string")
-    return SearchSpace(path.stem, path, description, params, fixed, budgets, dict(baseline))
+    return SearchSpace(path.stem, path, description, params, fixed, budgets, dict(baseline), dataset_budgets)
 
 
 def _param(name: str, spec: Any, error) -> Param:

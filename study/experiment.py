@@ -1,24 +1,14 @@
 """``python -m study.experiment``: the whole controlled experiment, resumable, written to results/.
 
-One command answers the project's question for a dataset at a budget:
-
-1. **the grid** (``study.grid``): the paper's fixed grid with learning-rate arms (``none``, ``linear``,
-   ``sqrt``: the accumulated runs scale the lr by N or sqrt N; the accumulation-1 runs are shared by
-   all arms), over ``--seeds`` seeds. This is the controlled test the verdict is drawn from; its
-   runs measure the gradient noise scale (``study.lib.noise``) that says why accumulation costs accuracy;
-2. **the search** (``study.run``): ``--n-trials`` trials of the overfitting space (Hyperband
-   pruning, as users run it);
-3. **the replication** (``study.replicate``): the best searched configuration for accumulation 1
-   and for N, re-run **without pruning** over ``--replicate-seeds`` fresh seeds. Pruning compares
-   trials at equal epochs, where an accumulated trial has made N times fewer optimizer steps, so
-   the search's own ranking is not evidence; the unpruned replicates are, and they answer whether
-   tuning recovers the accuracy lost with accumulation;
-4. **the results** (``analysis.results``): ``report.md`` with its PNG figures, ``verdict.json`` and
-   the trials as CSV (never a database) under ``--out``.
+One command answers the project's question for a dataset at a budget: the grid (the designed runs
+of the verdict), one tuning search per accumulation value with equal effort, the replication of each
+search's best configuration paired by seed, and the results (``study.lib.experiment`` says what
+each step runs and why).
 
 Each step resumes: a finished run is never repeated, so after a stop (Ctrl-C, a killed machine)
-the same command goes on where it was. The steps run as child processes of the commands above, so
-each keeps its own progress, Ctrl-C and retry handling; the storage URL travels in the
+the same command goes on where it was; on a machine without the database it first imports the
+finished trials from the committed ``records/``. The steps run as child processes of the commands
+above, so each keeps its own progress, Ctrl-C and retry handling; the storage URL travels in the
 environment, never on a command line.
 """
 
@@ -31,9 +21,10 @@ from pathlib import Path
 
 import optuna
 
-from study.lib.cli import ArgumentParser, fail
-from study.lib.config import DATASET_SIZES, LR_SCALING_EXPONENTS
-from study.lib.session import BUDGETS, EXPERIMENT_SPACE, experiment_study_names
+from study.lib.cli import ArgumentParser, fail, parse_arms
+from study.lib.config import DATASET_SIZES
+from study.lib.experiment import Step, steps, study_names
+from study.lib.session import BUDGETS
 from study.lib.storage import STORAGE_ENV, StorageError, mask, open_storage, resolve_url, study_exists
 from study.lib.workers import EXIT_INTERRUPTED, run_main, settled
 
@@ -43,18 +34,14 @@ PROG = "study.experiment"
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG,
-        description="Run the controlled experiment (grid with lr-scaling arms over seeds, a search, the "
-        "replication of its best configurations without pruning) and write results/: report.md, "
-        "figures, verdict.json, trials as CSV. Resumable: run the same command again after a stop.",
+        description="Run the controlled experiment (the grid with lr-scaling arms over seeds, one tuning search per "
+        "accumulation value, the replication of their best configurations paired by seed) and write results/: "
+        "report.md, figures, verdict.json, trials as CSV. Resumable: run the same command again after a stop.",
     )
     parser.add_argument("--dataset", required=True, choices=list(DATASET_SIZES))
-    parser.add_argument(
-        "--budget",
-        required=True,
-        choices=BUDGETS,
-        help="quick (smoke run), cpu (the science at CPU scale: the committed results) or standard (the "
-        "paper's scale, on a GPU)",
-    )
+    parser.add_argument("--budget", required=True, choices=BUDGETS,
+                        help="quick (smoke run), cpu (the science at CPU scale: the committed results) or standard "
+                        "(the paper's scale, on a GPU)")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=5, help="grid seeds (default: 5)")
     parser.add_argument(
         "--accumulation-steps", type=int, default=4, help="the accumulation value besides 1 (default: 4)"
@@ -62,20 +49,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--lr-scaling", default="none,linear,sqrt", help="grid arms (default: none,linear,sqrt)"
     )
-    parser.add_argument("--n-trials", type=int, default=30, help="search trials in all (default: 30)")
-    parser.add_argument(
-        "--replicate-seeds",
-        type=int,
-        default=3,
-        help="fresh seeds for each replicated configuration (default: 3)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="worker processes for the grid and the search, each with cores/N threads (default: 1); "
-        "on 2 CPU cores, 2 workers finish the grid about twice as fast",
-    )
+    parser.add_argument("--n-trials", type=int, default=16,
+                        help="tuning-search trials per accumulation value (default: 16)")  # fmt: skip
+    parser.add_argument("--replicate-seeds", type=int, default=5,
+                        help="fresh seeds, shared by the replicated configurations (default: 5)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes for the grid and the searches, each with cores/N threads (default: 1)")  # fmt: skip
     parser.add_argument("--out", help="results folder (default: results/DATASET-BUDGET)")
     parser.add_argument(
         "--storage", help=f"SQLAlchemy URL (default: ${STORAGE_ENV} or sqlite:///storage/studies.db)"
@@ -110,20 +89,16 @@ def resume_from_records(url: str, out: Path) -> None:
             print(f"resumed from {path}: {added} finished trial(s) of {name} imported", flush=True)
 
 
-def searched_values(url: str, name: str, param: str) -> set:
-    """The values of ``param`` that the trials of study ``name`` tried."""
-    study = optuna.load_study(study_name=name, storage=open_storage(url))
-    return {t.params[param] for t in study.get_trials(deepcopy=False) if param in t.params}
-
-
-def step(title: str, module: str, args: list[str], env: dict[str, str]) -> None:
+def run_step(step: Step, env: dict[str, str]) -> None:
     """Run one command of the experiment; stop the experiment with its exit code if it fails."""
-    print(f"\n== {title}: python -m {module} {' '.join(args)}", flush=True)
-    code = subprocess.run([sys.executable, "-m", module, *args], env=env).returncode
+    print(f"\n== {step.title}: python -m {step.module} {' '.join(step.args)}", flush=True)
+    code = subprocess.run([sys.executable, "-m", step.module, *step.args], env=env).returncode
     if code == EXIT_INTERRUPTED:
-        raise KeyboardInterrupt(f"interrupted during {title}")
+        raise KeyboardInterrupt(f"interrupted during {step.title}")
     if code != 0:
-        print(f"{PROG}: {title} failed (exit {code}); fix what it said and run the same command to resume")
+        print(
+            f"{PROG}: {step.title} failed (exit {code}); fix what it said and run the same command to resume"
+        )
         raise SystemExit(code)
 
 
@@ -134,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             fail(PROG, f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
     if args.accumulation_steps < 2:
         fail(PROG, f"--accumulation-steps must be >= 2; got {args.accumulation_steps}")
-    arms = [a.strip() for a in args.lr_scaling.split(",") if a.strip()]
-    if not arms or any(a not in LR_SCALING_EXPONENTS for a in arms):
-        fail(PROG, f"--lr-scaling takes arms of {', '.join(LR_SCALING_EXPONENTS)}; got {args.lr_scaling!r}")
+    arms = list(parse_arms(PROG, "--lr-scaling", args.lr_scaling))
     out = Path(args.out or f"results/{args.dataset}-{args.budget}")
     if out.exists() and not out.is_dir():
         fail(PROG, f"--out {out} is a file; give a folder")
@@ -144,58 +117,23 @@ def main(argv: list[str] | None = None) -> int:
         url = resolve_url(args.storage)
     except StorageError as exc:
         fail(PROG, str(exc))
-    names = experiment_study_names(args.dataset, args.budget)
+    names = study_names(args.dataset, args.budget, args.accumulation_steps)
     env = {**os.environ, STORAGE_ENV: url}  # the URL (and any password) stays off command lines
-    common = ["--dataset", args.dataset, "--budget", args.budget, "--device", args.device]
-    common += ["--data-dir", args.data_dir] + (["--quiet"] if args.quiet else [])
     print(f"experiment {args.dataset} at budget {args.budget} on {mask(url)}; results in {out}/", flush=True)
     resume_from_records(url, out)
-
-    step(
-        "1/4 the grid",
-        "study.grid",
-        [*common, "--seeds", str(args.seeds), "--accumulation-steps", str(args.accumulation_steps), "--lr-scaling", ",".join(arms),
-         "--study-name", names["grid"], "--workers", str(args.workers), "--noise-scale"],
-        env,
-    )  # fmt: skip
-    remaining = args.n_trials - settled_trials(url, names["search"])
-    if remaining > 0:
-        step(
-            f"2/4 the search ({remaining} of {args.n_trials} trials to run)",
-            "study.run",
-            [
-                *common,
-                "--space",
-                EXPERIMENT_SPACE,
-                "--n-trials",
-                str(remaining),
-                "--study-name",
-                names["search"],
-                "--workers",
-                str(args.workers),
-            ],
-            env,
-        )
-    else:
-        print(f"\n== 2/4 the search: {args.n_trials} trials already in {names['search']}", flush=True)
-    n = args.accumulation_steps
-    values = [v for v in (1, n) if v in searched_values(url, names["search"], "accumulation_steps")]
-    if n not in values:
-        print(f"note: no search trial has accumulation_steps = {n}; only accumulation 1 is replicated")
-    step(
-        "3/4 the replication of the best configuration for accumulation 1 and N, without pruning",
-        "study.replicate",
-        ["--study", names["search"], "--new-study", names["replicate"], "--best-per", "accumulation_steps",
-         "--values", ",".join(map(str, values)), "--top", "1", "--seeds", str(args.replicate_seeds),
-         "--device", args.device, "--data-dir", args.data_dir, *(["--quiet"] if args.quiet else [])],
-        env,
-    )  # fmt: skip
+    remaining = {
+        n: args.n_trials - settled_trials(url, names[f"search-x{n}"]) for n in (1, args.accumulation_steps)
+    }
+    plan = steps(dataset=args.dataset, budget=args.budget, accumulation=args.accumulation_steps, seeds=args.seeds,
+                 arms=arms, n_trials=remaining, replicate_seeds=args.replicate_seeds, workers=args.workers,
+                 device=args.device, data_dir=args.data_dir, quiet=args.quiet)  # fmt: skip
+    for step in plan:
+        run_step(step, env)
 
     from analysis.lib.results import write_results  # analysis reads the storage, never trains
 
     print(f"\n== 4/4 the results: {out}/", flush=True)
-    written = write_results(url, names, out)
-    for path in written:
+    for path in write_results(url, names, out):
         print(f"  {path}")
     return 0
 

@@ -21,7 +21,7 @@ from study.lib.cli import (
 from study.lib.config import DATASET_SIZES
 from study.lib.data import DataError, load_raw
 from study.lib.objective import space_config
-from study.lib.run import check_flags, search_plan
+from study.lib.run import check_flags, parse_fixes, search_plan
 from study.lib.session import BUDGETS, StudyError, check_space, execute
 from study.lib.storage import StorageError, resolve_url
 from study.lib.workers import run_main
@@ -71,6 +71,15 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds the sampler and every trial's training (default: 0)"
     )
+    parser.add_argument(
+        "--fix",
+        action="append",
+        default=[],
+        metavar="PARAM=VALUE",
+        help="fix a searched parameter (repeatable): one stratum of a search, e.g. --fix accumulation_steps=4, so "
+        "that every value gets a study of its own, the same number of trials, and pruning compares trials of "
+        "that value only; the default study name ends in -PARAM=VALUE",
+    )
     add_workers_flags(parser, what="the study's trials")
     parser.add_argument(
         "--budget",
@@ -91,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     check_flags(PROG, args)
     note = resolve_budget(args)
     try:
-        space = load_space(args.space)
+        space = load_space(args.space).fixing(parse_fixes(args.fix))
         if not space.offers(args.budget):
             raise SpaceError(
                 f"{space.path}: has no [budget.{args.budget}] table; pick another --budget or space"

@@ -43,11 +43,12 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
         "verdict.json",
         "grid-runs.csv",
         "grid-history.csv",
-        "search-trials.csv",
-        "search-history.csv",
+        "search-x1-trials.csv",
+        "search-x4-history.csv",
         "replicate-runs.csv",
         "records/grid.jsonl",
-        "records/search.jsonl",
+        "records/search-x1.jsonl",
+        "records/search-x4.jsonl",
         "records/replicate.jsonl",
     ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -57,7 +58,13 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
         runs = list(csv.DictReader(f))
     assert len(runs) == 2 * (3 + 3 * 2)  # seeds x (accumulation-1 runs + one per arm and micro-batch)
     verdict = json.loads((out / "verdict.json").read_text())
-    assert verdict  # the numbers of report.md, machine-readable
+    # equal tuning effort per accumulation value, the tuned comparison paired by seed and scored on test
+    tuning = verdict["tuned_replicates"]
+    assert tuning["trials_per_accumulation"] == {"1": 4, "4": 4}
+    assert tuning["paired"] is True and tuning["scored_on"].startswith("test")
+    assert tuning["seeds"] == {"1": [1, 2], "4": [1, 2]}
+    assert tuning["difference"]["4"]["equal_epochs"]["test_accuracy"]["n"] == 2
+    assert tuning["configs"]["1"]["optimizer"] == tuning["configs"]["4"]["optimizer"] == "adamw"
     # the grid's runs measured the gradient noise scale, and the report places the batches on it
     noise = verdict["noise_scale"]
     assert noise["runs"] == len(runs) and noise["grid_effective_batches"] == [32, 64, 128, 256, 512]
@@ -70,13 +77,13 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
     assert all(float(row["grad_trace_sigma"]) > 0 for row in history)  # measured every epoch
     url = f"sqlite:///{tmp_path / 'a.db'}"
     before = counts(url)
-    assert before == {"digits-grid-quick": 18, "digits-overfitting-quick": 4, **{
-        k: v for k, v in before.items() if k.endswith("-replicate")}}  # fmt: skip
+    assert before == {"digits-grid-quick": 18, "digits-overfitting-quick-accumulation_steps=1": 4,
+                      "digits-overfitting-quick-accumulation_steps=4": 4, "digits-overfitting-quick-tuned": 4}  # fmt: skip
 
     # The same command again: nothing is run twice.
     again = experiment(tmp_path, "a.db")
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "0 of 18 runs to do" in again.stdout and "4 trials already in" in again.stdout
+    assert "0 of 18 runs to do" in again.stdout and "tuning search" not in again.stdout
     assert counts(url) == before
 
     # On a machine without the database: the committed records stand in for it.

@@ -32,7 +32,7 @@ def test_replicate_reruns_the_best_trials_with_fresh_seeds(small_studies):
     assert "trial 0 COMPLETE" in proc.stderr
     (row,) = out["configurations"]
     source = optuna.load_study(study_name="s", storage=small_studies)
-    assert row["source_trial"] == source.best_trial.number and row["n"] == 2 and row["seeds"] == [1, 2]
+    assert row["source"] == f"s:{source.best_trial.number}" and row["n"] == 2 and row["seeds"] == [1, 2]
     replicas = optuna.load_study(study_name="s-replicate", storage=small_studies).get_trials()
     assert len(replicas) == 2 and all(t.state == TrialState.COMPLETE for t in replicas)
     vals = [t.user_attrs["val_accuracy"] for t in replicas]

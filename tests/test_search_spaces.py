@@ -129,3 +129,18 @@ def test_an_integer_parameter_is_checked_with_integer_values(tmp_path):
     assert space.params["accumulation_steps"].type == "int"
     baseline = check_space(space, space_config(space, "quick", load_raw("digits", "data"), dataset="digits"))
     assert baseline.accumulation_steps == 1
+
+
+def test_fixing_a_parameter_makes_one_stratum_of_the_space():
+    from search_spaces import SpaceError, load_space
+
+    space = load_space("overfitting")
+    stratum = space.fixing({"accumulation_steps": "4", "lr_scaling": "none"})
+    assert "accumulation_steps" not in stratum.params and stratum.fixed["accumulation_steps"] == 4
+    assert stratum.fixed["lr_scaling"] == "none" and stratum.roles()["accumulation_steps"] == "fixed"
+    assert set(stratum.baseline) == set(stratum.params)  # the baseline keeps the other parameters
+    assert stratum.settings("cpu", "cifar10")["epochs"] == 200  # the budget's CIFAR-10 table
+    for values, message in (({"epochs": "3"}, "not a searched parameter"), ({"accumulation_steps": "3"}, "not one of"),
+                            ({"base_lr": "big"}, "not a number"), ({"base_lr": "1.0"}, "outside")):  # fmt: skip
+        with pytest.raises(SpaceError, match=message):
+            space.fixing(values)

@@ -325,3 +325,14 @@ def test_cifar10_cpu_preset_learns_real_cifar10(real_cifar10):
                       device="cpu", seed=0)  # fmt: skip
     result = train(cfg)
     assert result.final["val_accuracy"] > 0.40
+
+
+def test_adam_is_adamw_without_weight_decay_bit_for_bit():
+    """The grid's optimizer (Adam, no weight decay) and the search's (AdamW) are one optimizer: with
+    weight decay 0 the two updates are the same, bit for bit, so the whole experiment uses AdamW."""
+    cfg = tiny(batch_size=16, dropout=0.1)
+    adam, adamw = (
+        train(cfg.replace(optimizer="adam")),
+        train(cfg.replace(optimizer="adamw", weight_decay=0.0)),
+    )
+    assert torch.equal(_params(adam), _params(adamw))

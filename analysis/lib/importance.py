@@ -26,6 +26,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from analysis.lib.document import Block, Heading, Paragraph, Table, plural
 from search_spaces import Param
 from study.lib import records
 
@@ -301,3 +302,38 @@ def edge_warnings(study: optuna.Study, params: list[str]) -> list[str]:
                     f"(values {values}); the optimum may lie outside it: widen the range"
                 )
     return out
+
+
+# --- the section of a report -----------------------------------------------------------------
+def importance_blocks(
+    results: list[Importance], params: list[str], seed: int, resamples: int = BOOTSTRAP
+) -> list[Block]:
+    """The importance section: how it is computed, then per target its table and reading, or why
+    it is not shown (with the trials it would need)."""
+    blocks: list[Block] = [
+        Heading("Parameter importance"),
+        Paragraph(
+            f"Normalized importance, as the median and {LEVEL:.0%} interval over {resamples} bootstrap "
+            f"resamples of the trials (seed {seed}), by fANOVA (random forest), PED-ANOVA (top-quantile "
+            "trials against all) and mean decrease impurity (random forest). A parameter matters where "
+            "its interval lies above the others' under all three evaluators; overlapping intervals mean "
+            f"the study cannot tell. Importance is shown from {min_trials(len(params))} trials with a "
+            "finite target on (2 per searched parameter, at least 10). The objective is also ranked at "
+            "a Hyperband rung, over every trial that reached it, pruned or not: pruned trials are most "
+            "of what a pruned study paid for."
+        ),
+    ]
+    if not results:
+        blocks.append(Paragraph("No sampled parameters yet: nothing to rank."))
+    for result in results:
+        names = list(result.scores)
+        pruned = f", {result.n_pruned} of them pruned" if result.n_pruned else ""
+        blocks.append(Heading(f"Target: {result.target} ({plural(result.n_trials, 'trial')}{pruned})", 3))
+        if not result.shown:
+            blocks.append(Paragraph(f"Not shown: {result.declined}."))
+            continue
+        rows = [[p, *(str(result.scores[n][p]) for n in names)] for p in params]
+        blocks.append(Table(["parameter", *names], rows))
+        blocks.append(Paragraph(result.agreement()))
+        blocks += [Paragraph(f"Note: {note}") for note in dict.fromkeys(result.notes)]
+    return blocks

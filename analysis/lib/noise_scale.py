@@ -110,12 +110,13 @@ def position(batch: int, b_simple: float) -> str:
     return "near"
 
 
-def best_search_batches(search: optuna.Study | None) -> dict[int, int]:
-    """The effective batch of the best completed search trial per accumulation value."""
-    if search is None:
-        return {}
+def best_search_batches(search: optuna.Study | list[optuna.Study] | None) -> dict[int, int]:
+    """The effective batch of the best completed search trial per accumulation value (over one
+    search, or over the searches of the values)."""
+    searches = [] if search is None else search if isinstance(search, list) else [search]
     best: dict[int, optuna.trial.FrozenTrial] = {}
-    for t in search.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    trials = [t for s in searches for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    for t in trials:
         cfg = records.config(t)
         if not cfg or t.value is None:
             continue
@@ -125,7 +126,9 @@ def best_search_batches(search: optuna.Study | None) -> dict[int, int]:
     return {n: records.config(t)["effective_batch_size"] for n, t in sorted(best.items())}
 
 
-def summarize(dataset: str, runs: list[NoiseRun], search: optuna.Study | None = None) -> dict[str, Any]:
+def summarize(
+    dataset: str, runs: list[NoiseRun], search: optuna.Study | list[optuna.Study] | None = None
+) -> dict[str, Any]:
     """Everything the report says about the noise scale, as plain data (``verdict.json``)."""
     curve = per_epoch(runs)
     grid_batches = sorted({r.effective_batch for r in runs})

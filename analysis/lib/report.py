@@ -39,16 +39,14 @@ from analysis.lib.document import (
     Paragraph,
     Table,
     cell,
-    plural,
     render_markdown,
 )
 from analysis.lib.importance import (
     BOOTSTRAP,
-    LEVEL,
     Importance,
     edge_warnings,
     importance,
-    min_trials,
+    importance_blocks,
     searched_params,
 )
 from search_spaces import Param
@@ -134,38 +132,6 @@ def edge_blocks(study: optuna.Study, params: list[str]) -> list[Block]:
             "No numeric parameter has most (and at least 2) of the top trials in the outer 10% of its range."
         )
     ]
-
-
-def importance_blocks(
-    results: list[Importance], params: list[str], seed: int, resamples: int = BOOTSTRAP
-) -> list[Block]:
-    blocks: list[Block] = [
-        Heading("Parameter importance"),
-        Paragraph(
-            f"Normalized importance, as the median and {LEVEL:.0%} interval over {resamples} bootstrap "
-            f"resamples of the trials (seed {seed}), by fANOVA (random forest), PED-ANOVA (top-quantile "
-            "trials against all) and mean decrease impurity (random forest). A parameter matters where "
-            "its interval lies above the others' under all three evaluators; overlapping intervals mean "
-            f"the study cannot tell. Importance is shown from {min_trials(len(params))} trials with a "
-            "finite target on (2 per searched parameter, at least 10). The objective is also ranked at "
-            "a Hyperband rung, over every trial that reached it, pruned or not: pruned trials are most "
-            "of what a pruned study paid for."
-        ),
-    ]
-    if not results:
-        blocks.append(Paragraph("No sampled parameters yet: nothing to rank."))
-    for result in results:
-        names = list(result.scores)
-        pruned = f", {result.n_pruned} of them pruned" if result.n_pruned else ""
-        blocks.append(Heading(f"Target: {result.target} ({plural(result.n_trials, 'trial')}{pruned})", 3))
-        if not result.shown:
-            blocks.append(Paragraph(f"Not shown: {result.declined}."))
-            continue
-        rows = [[p, *(str(result.scores[n][p]) for n in names)] for p in params]
-        blocks.append(Table(["parameter", *names], rows))
-        blocks.append(Paragraph(result.agreement()))
-        blocks += [Paragraph(f"Note: {note}") for note in dict.fromkeys(result.notes)]
-    return blocks
 
 
 def figure_blocks(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,8 @@ from analysis.lib.overfitting import (
     runs_from_study,
     twins,
 )
-from analysis.lib.stats import MeanCI, mean_ci, welch
+from analysis.lib.stats import MeanCI, mean_ci
+from analysis.lib.tuning import searches_of, tuned, tuning_blocks
 from study.lib import records
 from study.lib.config import validation_size
 from study.lib.jsonsafe import finite_or_none
@@ -200,47 +200,6 @@ def verdict_blocks(grid: optuna.Study, *, prefix: str = "") -> list[Block]:
     return blocks
 
 
-# --- the tuning question: the replicated best configurations -------------------------------------
-def tuned(replicate: optuna.Study | None) -> dict[str, Any] | None:
-    """Validation accuracy of the replicated best configurations, per accumulation value."""
-    if replicate is None:
-        return None
-    by_value: dict[int, list[float]] = defaultdict(list)
-    configs: dict[int, dict[str, Any]] = {}
-    for t in replicate.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        cfg, val = records.config(t), records.metric(t, "val_accuracy")
-        if cfg and val is not None:
-            by_value[cfg["accumulation_steps"]].append(val)
-            configs[cfg["accumulation_steps"]] = {
-                k: cfg[k] for k in ("lr_scaling", "base_lr", "lr", "weight_decay", "dropout", "drop_path")
-            }
-    if not by_value:
-        return None
-    values = sorted(by_value)
-    out: dict[str, Any] = {"val_accuracy": {str(v): mean_ci(by_value[v]) for v in values},
-                           "configs": {str(v): configs[v] for v in values}}  # fmt: skip
-    if 1 in by_value and len(values) > 1:
-        out["difference"] = {str(v): welch(by_value[1], by_value[v]) for v in values if v != 1}
-    return out
-
-
-def tuning_blocks(tuning: dict[str, Any]) -> list[Block]:
-    rows = []
-    for value, ci in tuning["val_accuracy"].items():
-        cfg = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in tuning["configs"][value].items()
-        )
-        rows.append([value, f"{ci.format(3, signed=False)}, n={ci.n}", cfg])
-    blocks: list[Block] = [
-        Heading("Can tuning recover it? The best searched configurations, re-run without pruning"),
-        Table(["accumulation", "val acc (mean [95% CI], n)", "configuration"], rows),
-    ]
-    blocks += [Paragraph(f"Tuned accumulation {v} minus tuned accumulation 1: {d.format()} (Welch 95% CI).")
-               for v, d in tuning.get("difference", {}).items()]  # fmt: skip
-    return blocks
-
-
 # --- the results folder ----------------------------------------------------------------------------
 def scale(grid: optuna.Study) -> dict[str, Any]:
     """What the grid measured at: preset, data, epoch points, seeds."""
@@ -281,7 +240,8 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     analyses = analyse(grid)
     where = scale(grid)
     summary = headline(analyses, where)
-    tuning = tuned(studies.get("replicate"))
+    searches = searches_of(studies)
+    tuning = tuned(studies.get("replicate"), searches)
     blocks: list[Block] = [
         Paragraph(summary),
         Paragraph(f"Scale: {where['model']}, {where['train_subset']} training images, validation "
@@ -305,9 +265,12 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
         "tuned_replicates": tuning,
     }
     if tuning:
-        blocks += tuning_blocks(tuning)
+        blocks += tuning_blocks(tuning, searches)
     if measured := noise.noise_runs(grid):  # grid runs trained with --noise-scale
-        noise_summary = noise.summarize(where["dataset"], measured, studies.get("search"))
+        search = list(searches.values()) or studies.get(
+            "search"
+        )  # the searches per value, or an older single one
+        noise_summary = noise.summarize(where["dataset"], measured, search)
         blocks += noise.blocks(noise_summary, measured)
         verdict["noise_scale"] = noise_summary
     (out / "verdict.json").write_text(json.dumps(finite_or_none(_plain(verdict)), indent=1) + "\n")
@@ -344,7 +307,7 @@ def write_tables(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     for role, study in studies.items():
         written.append(write_records(study, out / "records" / f"{role}.jsonl"))
         written.append(
-            write_csv(run_rows(study), out / f"{role}-{'trials' if role == 'search' else 'runs'}.csv")
+            write_csv(run_rows(study), out / f"{role}-{'trials' if role.startswith('search') else 'runs'}.csv")
         )
         if role != "replicate":
             written.append(write_csv(history_rows(study), out / f"{role}-history.csv"))
@@ -355,7 +318,7 @@ def write_results(url: str, names: dict[str, str], out: Path) -> list[Path]:
     """Write everything of the module docstring under ``out``; returns the paths written.
 
     ``names`` maps roles (``grid``, ``search``, ``replicate``) to study names, as
-    ``study.lib.session.experiment_study_names`` gives them; the studies absent are skipped, except the
+    ``study.lib.experiment.study_names`` gives them; the studies absent are skipped, except the
     grid.
 
     Raises:

@@ -140,7 +140,7 @@ def space_config(
 ) -> Callable[[dict[str, Any]], TrainConfig]:
     """``params -> TrainConfig`` of a search: the space's settings at ``budget``, then the params,
     then ``run`` (dataset, data_dir, device, seed), the subset capped at the images read."""
-    settings, pool = space.settings(budget), len(raw.train_labels)
+    settings, pool = space.settings(budget, run.get("dataset")), len(raw.train_labels)
     return lambda params: build_config(settings, params, pool=pool, **run)
 
 

@@ -29,6 +29,7 @@ EPOCH_POINTS = "epoch_points"  # grid: the epochs recorded whole (the paper's 10
 ARMS = "arms"  # grid: lr-scaling arms of the accumulated runs
 ACCUMULATION = "accumulation_steps"  # grid: the accumulation value besides 1 (older grids: "n_gao")
 ROLES = "roles"  # search: parameter -> scientific / nuisance / fixed
+STRATUM = "stratum"  # search: searched parameters fixed for this study ({} for none), e.g. accumulation_steps
 SPACE_DESCRIPTION = "space_description"
 SOURCE_STUDY = "source_study"  # replicate: the study whose trials are re-run
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from search_spaces import SearchSpace
+from search_spaces import SearchSpace, SpaceError
 from study.lib import records
 from study.lib.cli import fail
 from study.lib.data import RawDataset
@@ -41,13 +41,28 @@ def check_flags(prog: str, args: argparse.Namespace) -> None:
         )
 
 
+def parse_fixes(items: list[str]) -> dict[str, str]:
+    """``["accumulation_steps=4", ...]`` -> ``{"accumulation_steps": "4"}`` (SpaceError on a bad item)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise SpaceError(f"--fix takes PARAM=VALUE; got {item!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
 def search_plan(
     args: argparse.Namespace, space: SearchSpace, raw: RawDataset, *, epochs: int, url: str, note: str
 ) -> Plan:
     """The plan of a search: ``args.n_trials`` new trials of ``space`` at ``args.budget``."""
     run = {"dataset": args.dataset, "data_dir": args.data_dir, "device": args.device, "seed": args.seed}
     multi = len(args.objectives) > 1
-    study_name = args.study_name or f"{args.dataset}-{space.name}-{args.budget}" + ("-time" if multi else "")
+    fixed = {k: space.fixed[k] for k in parse_fixes(args.fix)}
+    stratum = "".join(f"-{k}={v}" for k, v in fixed.items())
+    study_name = args.study_name or f"{args.dataset}-{space.name}-{args.budget}{stratum}" + (
+        "-time" if multi else ""
+    )
 
     def prepare(study, existed: bool) -> None:
         if not existed:
@@ -72,7 +87,7 @@ def search_plan(
     return Plan(
         study_name=study_name,
         identity={records.DATASET: args.dataset, records.SPACE: space.name, records.BUDGET: args.budget,
-                  records.OBJECTIVES: ",".join(args.objectives)},
+                  records.OBJECTIVES: ",".join(args.objectives), records.STRATUM: fixed},
         sampler=make_sampler(args.sampler, args.seed),
         pruner=make_pruner(args.pruner, epochs),
         objective=search_objective(space, args.budget, raw, objectives=args.objectives, **run),

@@ -44,7 +44,6 @@ if TYPE_CHECKING:  # the objective imports torch; opening a study for analysis m
 SAMPLERS = ("tpe", "qmc", "random")
 PRUNERS = ("hyperband", "median", "none")
 BUDGETS = ("quick", "cpu", "standard")
-EXPERIMENT_SPACE = "overfitting"  # the search space of study.experiment
 
 
 class StudyError(ValueError):
@@ -427,10 +426,3 @@ def load_studies(names: list[str], storage: str | None) -> list[optuna.Study]:
             raise StudyError(f"no study {name!r} in {mask(url)}; studies there: {listing}")
         studies.append(optuna.load_study(study_name=name, storage=rdb))
     return studies
-
-
-def experiment_study_names(dataset: str, budget: str) -> dict[str, str]:
-    """The studies of one experiment (``study.experiment``), named so that each command's default
-    would match: the grid, the search and the replication of its best configurations."""
-    search = f"{dataset}-{EXPERIMENT_SPACE}-{budget}"
-    return {"grid": f"{dataset}-grid-{budget}", "search": search, "replicate": f"{search}-replicate"}

@@ -1,0 +1,164 @@
+"""Can tuning recover what accumulation loses? The fair comparison, from a replication of each
+accumulation value's best searched configuration.
+
+* **Equal effort**: one search per accumulation value (``study.lib.experiment``), each with the
+  same number of trials (``trials_per_accumulation`` counts them) and the same nuisance space;
+  Hyperband prunes a trial only against trials of its own value (each value is its own study).
+* **Paired by seed, scored on test**: the configurations were *selected* on validation accuracy, so
+  the comparison is read on the test split; every configuration was re-run over the same fresh
+  seeds, so tuned N minus tuned 1 is a paired difference per seed (n = seeds), at equal epochs and,
+  where the accumulated configuration also trained N times the epochs, at matched optimizer steps.
+  Validation accuracy is shown beside it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from analysis.lib.compare import best_so_far
+from analysis.lib.document import Block, Figure, Heading, Paragraph, Table
+from analysis.lib.figures import png, pyplot
+from analysis.lib.importance import importance, importance_blocks, searched_params
+from analysis.lib.stats import MeanCI, mean_ci
+from study.lib import records
+
+CONFIG_KEYS = ("lr_scaling", "base_lr", "lr", "weight_decay", "dropout", "drop_path", "optimizer", "epochs")
+SCORES = ("test_accuracy", "val_accuracy")
+
+
+def replicated_runs(replicate: optuna.Study) -> dict[int, dict[int, dict[str, Any]]]:
+    """accumulation value -> seed -> the run: its config and its scores at each recorded epoch
+    (the checkpoints; a run without them, at its last epoch)."""
+    out: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for t in replicate.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        cfg = records.config(t)
+        if not cfg:
+            continue
+        at = {int(e): {k: m.get(k) for k in SCORES} for e, m in records.checkpoints(t).items()}
+        at.setdefault(cfg["epochs"], {k: records.metric(t, k) for k in SCORES})
+        out[cfg["accumulation_steps"]][cfg["seed"]] = {"config": cfg, "at": at}
+    return dict(out)
+
+
+def paired(
+    base: dict[int, dict], acc: dict[int, dict], *, acc_epoch: int, base_epoch: int
+) -> dict[str, MeanCI]:
+    """Accumulated minus baseline, per seed both have, at those epochs: mean and CI over seeds."""
+    seeds = sorted(
+        s for s in base.keys() & acc.keys() if acc_epoch in acc[s]["at"] and base_epoch in base[s]["at"]
+    )
+    return {
+        k: mean_ci([acc[s]["at"][acc_epoch][k] - base[s]["at"][base_epoch][k] for s in seeds]) for k in SCORES
+    }
+
+
+def tuned(
+    replicate: optuna.Study | None, searches: dict[int, optuna.Study] | None = None
+) -> dict[str, Any] | None:
+    """The tuned comparison (module docstring), as plain data for ``verdict.json``; None without
+    replicated runs."""
+    runs = replicated_runs(replicate) if replicate is not None else {}
+    if not runs:
+        return None
+    values = sorted(runs)
+    out: dict[str, Any] = {
+        "paired": True,
+        "scored_on": "test split (the configurations were selected on validation accuracy)",
+        "seeds": {str(v): sorted(runs[v]) for v in values},
+        "configs": {str(v): {k: next(iter(runs[v].values()))["config"].get(k) for k in CONFIG_KEYS} for v in values},
+        "per_value": {str(v): {k: mean_ci([r["at"][max(r["at"])][k] for r in runs[v].values()]) for k in SCORES}
+                      for v in values},
+        "trials_per_accumulation": {str(v): len(s.trials) for v, s in sorted((searches or {}).items())},
+        "pruning": "within each accumulation value: one search study per value",
+    }  # fmt: skip
+    base = runs.get(1, {})
+    out["difference"] = {}
+    for n in (v for v in values if v != 1 and base):
+        epoch = min(e for r in base.values() for e in r["at"])  # the searched epochs
+        diff = {"equal_epochs": {"epochs": epoch, **paired(base, runs[n], acc_epoch=epoch, base_epoch=epoch)}}
+        longest = max(e for r in runs[n].values() for e in r["at"])
+        if longest == n * epoch:
+            diff["matched_steps"] = {
+                "epochs": longest,
+                **paired(base, runs[n], acc_epoch=longest, base_epoch=epoch),
+            }
+        out["difference"][str(n)] = diff
+    return out
+
+
+def tuning_figure(searches: dict[int, optuna.Study], *, name: str = "tuning") -> Figure:
+    """Each accumulation value's best validation accuracy so far against its trials and against
+    the epochs it trained (pruned trials included): equal effort on both axes."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for value, study in sorted(searches.items()):
+        curve = best_so_far(study)
+        axes[0].step(
+            range(1, len(curve) + 1), [c[2] for c in curve], where="post", label=f"accumulation {value}"
+        )
+        axes[1].step(
+            [c[1] for c in curve], [c[2] for c in curve], where="post", label=f"accumulation {value}"
+        )
+    for ax, label in zip(axes, ("trials", "epochs trained (cumulative)"), strict=True):
+        ax.set_xlabel(label)
+        ax.set_ylabel("best validation accuracy so far")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("tuning effort per accumulation value")
+    return Figure(
+        name,
+        "Best validation accuracy so far per accumulation value, against trials and compute",
+        png(fig, dpi=100),
+    )
+
+
+def importance_per_stratum(
+    searches: dict[int, optuna.Study], *, seed: int = 0, resamples: int = 40
+) -> list[Block]:
+    """Which nuisance parameters matter within each accumulation value: the objective's importance
+    over completed trials and at a Hyperband rung, or why it is not shown (the trials it needs)."""
+    blocks: list[Block] = []
+    for value, study in sorted(searches.items()):
+        params, _ = searched_params(study)
+        results = importance(study, params, seed=seed, resamples=resamples) if params else []
+        objective = [r for r in results[:1]] + [r for r in results if " at epoch " in r.target]
+        section = importance_blocks(objective, params, seed, resamples)
+        blocks.append(Heading(f"Parameter importance within accumulation {value} ({study.study_name})", 3))
+        blocks += [b for b in section[1:] if not (isinstance(b, Heading) and b.level == 2)]
+    return blocks
+
+
+def tuning_blocks(tuning: dict[str, Any], searches: dict[int, optuna.Study]) -> list[Block]:
+    """The section: the searches' effort, the replicated configurations, the paired differences."""
+    rows = [[v, ", ".join(f"{k}={x:.3g}" if isinstance(x, float) else f"{k}={x}" for k, x in tuning["configs"][v].items()),
+             *(f"{tuning['per_value'][v][k].format(3, signed=False)}" for k in SCORES), str(len(tuning["seeds"][v]))]
+            for v in tuning["configs"]]  # fmt: skip
+    blocks: list[Block] = [
+        Heading("Can tuning recover it? Equal effort per accumulation value, paired by seed, scored on test"),
+        Paragraph("Trials searched per accumulation value: "
+                  + (", ".join(f"{v}: {n}" for v, n in tuning["trials_per_accumulation"].items()) or "-")
+                  + f"; pruning {tuning['pruning']}. The best configuration of each search, re-run without pruning "
+                  "over the same fresh seeds:"),
+        Table(["accumulation", "configuration", "test acc", "val acc", "seeds"], rows),
+    ]  # fmt: skip
+    for n, diff in tuning["difference"].items():
+        for where, d in diff.items():
+            what = "at equal epochs" if where == "equal_epochs" else "at matched optimizer steps"
+            blocks.append(Paragraph(f"Tuned accumulation {n} minus tuned accumulation 1, {what} ({d['epochs']} epochs "
+                                    f"for {n}): test accuracy {d['test_accuracy'].sentence()}, validation accuracy "
+                                    f"{d['val_accuracy'].sentence()} (paired by seed)."))  # fmt: skip
+    if searches:
+        blocks.append(tuning_figure(searches))
+        blocks += importance_per_stratum(searches)
+    return blocks
+
+
+def searches_of(studies: dict[str, optuna.Study]) -> dict[int, optuna.Study]:
+    """accumulation value -> its search study, from the roles ``search-xN``."""
+    return {
+        int(role.removeprefix("search-x")): s for role, s in studies.items() if role.startswith("search-x")
+    }

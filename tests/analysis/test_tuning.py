@@ -1,0 +1,135 @@
+"""A fair tuning comparison (analysis.lib.tuning, study.lib.experiment) on synthetic studies with a
+planted answer: no training."""
+
+import math
+import random
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from analysis.lib.document import Paragraph
+from analysis.lib.stats import welch
+from analysis.lib.tuning import importance_per_stratum, tuned
+from study.lib.experiment import steps, study_names
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def test_every_accumulation_value_gets_its_own_search_with_the_same_effort():
+    plan = steps(dataset="cifar10", budget="cpu", accumulation=4, seeds=5, arms=["none"], n_trials={1: 16, 4: 16},
+                 replicate_seeds=5, workers=2)  # fmt: skip
+    searches = [s for s in plan if s.module == "study.run"]
+    assert len(searches) == 2
+    names = study_names("cifar10", "cpu", 4)
+    for step, n in zip(searches, (1, 4), strict=True):
+        args = step.args
+        assert args[args.index("--n-trials") + 1] == "16" and "--seed" not in args  # the same sampler seed
+        assert (
+            f"accumulation_steps={n}" in args and "lr_scaling=none" in args
+        )  # one stratum, the lr searched itself
+        assert args[args.index("--study-name") + 1] == names[f"search-x{n}"]
+        assert args[args.index("--space") + 1] == "overfitting"  # the same nuisance space
+    (replicate,) = [s for s in plan if s.module == "study.replicate"]
+    assert (
+        replicate.args.count("--study") == 2 and "--step-matched" in replicate.args
+    )  # the cifar10 cpu budget
+    # a finished search is not run again
+    assert [s.module for s in steps(dataset="cifar10", budget="cpu", accumulation=4, seeds=5, arms=["none"],
+                                     n_trials={1: 0, 4: 3}, replicate_seeds=5, workers=1)].count("study.run") == 1  # fmt: skip
+
+
+def _reports(study, values, *, pruner_steps=3):
+    """Add completed trials reporting ``value`` at every step."""
+    dist = {"x": FloatDistribution(0, 1)}
+    for v in values:
+        study.add_trial(create_trial(params={"x": 0.5}, distributions=dist, value=v,
+                                     intermediate_values={s: v for s in range(pruner_steps)}))  # fmt: skip
+
+
+def test_pruning_never_compares_across_accumulation_values():
+    """A trial that is the worst overall but the best of its accumulation value survives in its
+    value's own study; pooled with the other value's trials, a median pruner would stop it."""
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    x1, x4 = (optuna.create_study(direction="maximize", pruner=pruner) for _ in range(2))
+    _reports(x1, [0.90, 0.92, 0.91])  # accumulation 1: many steps per epoch, ahead at every epoch
+    _reports(x4, [0.30, 0.32, 0.31])  # accumulation 4: behind at equal epochs
+    pooled = optuna.create_study(direction="maximize", pruner=pruner)
+    _reports(pooled, [0.90, 0.92, 0.91, 0.30, 0.32, 0.31])
+    verdicts = {}
+    for name, study in (("own value", x4), ("pooled", pooled)):
+        trial = study.ask({"x": FloatDistribution(0, 1)})
+        trial.report(0.40, 1)  # worst overall, best among accumulation 4
+        verdicts[name] = trial.should_prune()
+    assert verdicts == {"own value": False, "pooled": True}
+
+
+def _replicate(effect: float, *, seeds=(1, 2, 3, 4, 5), step_matched: bool = True) -> optuna.Study:
+    """Replicated best configurations of accumulation 1 and 4: each seed has a large effect of its own
+    (shared by both values, as paired runs share initialization and data order) and accumulation 4
+    adds ``effect`` to the test accuracy; its runs trained 4 x 10 epochs, recorded at 10 and 40."""
+    rng = random.Random(0)
+    study = optuna.create_study(direction="maximize")
+    dists = {"source": CategoricalDistribution(("a:0", "b:0")), "seed": CategoricalDistribution(seeds)}
+    for seed in seeds:
+        shared = rng.gauss(0, 0.05)
+        for value, source in ((1, "a:0"), (4, "b:0")):
+            epochs = 40 if value == 4 and step_matched else 10
+            test = 0.5 + shared + (effect if value == 4 else 0.0) + rng.gauss(0, 0.002)
+            val = test + 0.01
+            checkpoints = (
+                {"10": {"test_accuracy": test - 0.01, "val_accuracy": val - 0.01}} if epochs == 40 else {}
+            )
+            checkpoints[str(epochs)] = {"test_accuracy": test, "val_accuracy": val}
+            config = {
+                "accumulation_steps": value,
+                "seed": seed,
+                "epochs": epochs,
+                "optimizer": "adamw",
+                "base_lr": 1e-3,
+            }
+            study.add_trial(create_trial(params={"source": source, "seed": seed}, distributions=dists, value=val,
+                                         user_attrs={"config": config, "checkpoints": checkpoints,
+                                                     "test_accuracy": test, "val_accuracy": val}))  # fmt: skip
+    return study
+
+
+def test_the_paired_test_scored_difference_recovers_a_planted_effect():
+    result = tuned(_replicate(0.02))
+    assert result["paired"] and result["scored_on"].startswith("test")
+    steps_ = result["difference"]["4"]["matched_steps"]
+    assert steps_["epochs"] == 40 and steps_["test_accuracy"].n == 5
+    assert (
+        steps_["test_accuracy"].low < 0.02 < steps_["test_accuracy"].high and steps_["test_accuracy"].low > 0
+    )
+    equal = result["difference"]["4"]["equal_epochs"]
+    assert equal["epochs"] == 10 and equal["test_accuracy"].mean == pytest.approx(0.01, abs=0.003)
+    # the seeds' own effects dwarf the planted one: an unpaired interval cannot see it
+    runs = {v: [t.user_attrs["test_accuracy"] for t in _replicate(0.02).trials if t.user_attrs["config"]["accumulation_steps"] == v]
+            for v in (1, 4)}  # fmt: skip
+    assert welch(runs[1], runs[4]).low < 0
+    # without a step-matched replication there is only the equal-epoch comparison
+    assert set(tuned(_replicate(0.02, step_matched=False))["difference"]["4"]) == {"equal_epochs"}
+
+
+def _search(rng: random.Random, n: int) -> optuna.Study:
+    """A search of one accumulation value whose objective is set by base_lr alone."""
+    dists = {"base_lr": FloatDistribution(1e-4, 1e-2, log=True), "dropout": FloatDistribution(0, 0.3),
+             "drop_path": FloatDistribution(0, 0.3), "weight_decay": FloatDistribution(1e-5, 0.1, log=True)}  # fmt: skip
+    study = optuna.create_study(direction="maximize", study_name=f"s{n}")
+    for _ in range(40):
+        params = {"base_lr": 10 ** rng.uniform(-4, -2), "dropout": rng.uniform(0, 0.3),
+                  "drop_path": rng.uniform(0, 0.3), "weight_decay": 10 ** rng.uniform(-5, -1)}  # fmt: skip
+        value = 0.5 + 0.1 * math.log10(params["base_lr"]) + rng.gauss(0, 0.005)  # higher lr, better
+        study.add_trial(create_trial(state=TrialState.COMPLETE, params=params, distributions=dists, value=value,
+                                     intermediate_values={1: value - 0.1, 3: value}))  # fmt: skip
+    return study
+
+
+def test_importance_per_accumulation_value_names_the_planted_parameter():
+    rng = random.Random(1)
+    blocks = importance_per_stratum({1: _search(rng, 1), 4: _search(rng, 4)}, resamples=10)
+    lines = [b.text for b in blocks if isinstance(b, Paragraph)]
+    standing = [line for line in lines if "stands out" in line]
+    assert len(standing) == 2 and all(line.startswith("base_lr stands out") for line in standing)
