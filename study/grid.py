@@ -17,10 +17,12 @@ import sys
 
 from study.lib.cli import (
     ArgumentParser,
+    add_checkpoint_flags,
     add_storage_flag,
     add_training_flags,
     add_workers_flags,
     check_common,
+    checkpoints,
     fail,
     parse_arms,
     resolve_budget,
@@ -89,6 +91,7 @@ def build_parser() -> ArgumentParser:
         + "; cifar10 at cpu: epoch points 40/80/200 on 2,560 images. Default: standard with CUDA, quick without",
     )
     add_workers_flags(parser, what="the runs to do")
+    add_checkpoint_flags(parser)
     # Internal: how many queued runs a worker process of --workers takes.
     parser.add_argument("--worker-runs", type=int, default=None, help=argparse.SUPPRESS)
     add_training_flags(parser)
@@ -132,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         noise_scale=args.noise_scale,
     )  # fmt: skip
     try:
-        plan = grid_plan(design, args, raw, run=run, url=url, note=note, arms=arms)
+        plan = grid_plan(
+            design, args, raw, run=run, url=url, note=note, arms=arms, store=checkpoints(PROG, args, url)
+        )
         return execute(plan, url, prog=PROG, module=PROG, argv=argv, workers=args.workers,
                        worker_index=args.worker_index, worker_trials=args.worker_runs, quiet=args.quiet)  # fmt: skip
     except StudyError as exc:

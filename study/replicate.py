@@ -16,7 +16,14 @@ import sys
 import optuna
 
 from study.lib import records
-from study.lib.cli import ArgumentParser, add_storage_flag, add_training_flags, fail
+from study.lib.cli import (
+    ArgumentParser,
+    add_checkpoint_flags,
+    add_storage_flag,
+    add_training_flags,
+    checkpoints,
+    fail,
+)
 from study.lib.data import DataError, load_raw
 from study.lib.replicate import FORMATS, choose, render, replicate_plan, report, sources
 from study.lib.session import StudyError, execute, load_studies
@@ -45,6 +52,7 @@ def build_parser() -> ArgumentParser:
         "--new-study", help="where the re-runs go (default: FIRST-STUDY-replicate); resumed if it exists"
     )
     add_storage_flag(parser)
+    add_checkpoint_flags(parser)
     parser.add_argument("--format", choices=FORMATS, default="table")
     add_training_flags(parser)
     return parser
@@ -70,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         plan = replicate_plan(chosen_sources, raw, name=name, identity=identity,
                               run={"data_dir": args.data_dir, "device": args.device}, stream=sys.stderr,
+                              store=checkpoints(PROG, args, url),
                               header=f"replicating {len(chosen)} trial(s) of {', '.join(args.study)} with {args.seeds} seeds "
                               f"into {name}" + (" (step-matched)" if args.step_matched else ""))  # fmt: skip
         code = execute(plan, url, prog=PROG, module=PROG, argv=argv, quiet=args.quiet)

@@ -11,10 +11,12 @@ import sys
 from search_spaces import SpaceError, available, load_space
 from study.lib.cli import (
     ArgumentParser,
+    add_checkpoint_flags,
     add_storage_flag,
     add_training_flags,
     add_workers_flags,
     check_common,
+    checkpoints,
     fail,
     resolve_budget,
 )
@@ -81,6 +83,7 @@ def build_parser() -> ArgumentParser:
         "that value only; the default study name ends in -PARAM=VALUE",
     )
     add_workers_flags(parser, what="the study's trials")
+    add_checkpoint_flags(parser)
     parser.add_argument(
         "--budget",
         choices=BUDGETS,
@@ -116,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a fixed setting of the space that TrainConfig rejects
         fail(PROG, f"{space.path}: {exc}")
     epochs = int(space.params["epochs"].high) if "epochs" in space.params else baseline.epochs
-    plan = search_plan(args, space, raw, epochs=epochs, url=url, note=note)
+    plan = search_plan(
+        args, space, raw, epochs=epochs, url=url, note=note, store=checkpoints(PROG, args, url)
+    )
     try:
         return execute(plan, url, prog=PROG, module=PROG, argv=argv, workers=args.workers,
                        worker_index=args.worker_index, quiet=args.quiet)  # fmt: skip

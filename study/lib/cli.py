@@ -64,6 +64,29 @@ def add_workers_flags(parser: argparse.ArgumentParser, *, what: str) -> None:
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
 
+def add_checkpoint_flags(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint-every``, ``--artifacts`` and ``--keep-checkpoints``: how trials checkpoint."""
+    parser.add_argument("--checkpoint-every", type=int, default=1, metavar="K",
+                        help="a running trial checkpoints after every K-th evaluated epoch, so that a killed or "
+                        "preempted trial resumes there (default: 1; 0: never)")  # fmt: skip
+    parser.add_argument("--artifacts", help="the checkpoints' folder (default: beside a SQLite storage, else "
+                        "storage/artifacts; a shared folder for several machines)")  # fmt: skip
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep the checkpoints of finished trials (default: deleted)")  # fmt: skip
+
+
+def checkpoints(prog: str, args: argparse.Namespace, url: str):
+    """The ``study.lib.checkpoint.Checkpoints`` the flags ask for, or None for ``--checkpoint-every 0``."""
+    from study.lib.checkpoint import Checkpoints, default_folder
+
+    if args.checkpoint_every < 0:
+        fail(prog, f"--checkpoint-every must be >= 0; got {args.checkpoint_every}")
+    if args.checkpoint_every == 0:
+        return None
+    folder = args.artifacts or default_folder(url)
+    return Checkpoints(folder, every=args.checkpoint_every, keep=args.keep_checkpoints)
+
+
 def resolve_budget(args: argparse.Namespace) -> str:
     """Fill ``args.budget`` from the device when not given; returns how it was chosen."""
     if args.budget is not None:

@@ -239,7 +239,7 @@ def checkpoint_epochs(design: GridDesign) -> tuple[int, ...]:
 
 
 def grid_plan(design: GridDesign, args: Any, raw: Any, *, run: dict[str, Any], url: str, note: str,
-              arms: tuple[str, ...]) -> Plan:  # fmt: skip
+              arms: tuple[str, ...], store: Any = None) -> Plan:  # fmt: skip
     """The plan of ``python -m study.grid``: the design's runs the study lacks, one trial each
     (GridSampler over the design's choices, no pruning). Every run's config is built first, so a
     run the dataset cannot hold (an effective batch larger than its images) fails before the storage
@@ -266,8 +266,8 @@ def grid_plan(design: GridDesign, args: Any, raw: Any, *, run: dict[str, Any], u
                   records.KIND: records.GRID, records.ACCUMULATION: args.accumulation_steps},
         sampler=optuna.samplers.GridSampler({k: list(v) for k, v in design.choices.items()}, seed=0),
         pruner=optuna.pruners.NopPruner(),
-        objective=Objective(lambda trial: design.config(design.suggest(trial), pool=pool, **run), raw,
-                            checkpoints=checkpoint_epochs(design)),
+        objective=Objective(lambda trial: design.config(design.suggest(trial), pool=pool, **run), raw, store=store,
+                            points=checkpoint_epochs(design)),
         runs=design.runs,
         run_defaults={"epochs": max(design.epoch_points)},  # grids made before step-matched runs
         prepare=lambda study, existed: records.describe_grid(study, epoch_points=design.epoch_points, arms=arms,

@@ -51,7 +51,7 @@ BASELINE = "baseline"  # search: the enqueued paper-protocol trial
 RESUMED_FROM_EPOCH = "resumed_from_epoch"  # the epoch a retried trial continued from (absent: from 0)
 # User attrs that describe one attempt at a trial (which process ran it, how it ended), not its
 # configuration: a retry starts without them.
-ATTEMPT_ATTRS = (WORKER, STATUS, FAIL_REASON)
+ATTEMPT_ATTRS = (WORKER, STATUS, FAIL_REASON, RESUMED_FROM_EPOCH)
 
 # Per-epoch series stored on each trial (user attr HISTORY), for the overfitting analysis.
 HISTORY_KEYS = (

@@ -89,7 +89,7 @@ def sources(
 
 
 def replicate_plan(chosen_sources: dict[str, dict[str, Any]], raw: Any, *, name: str, identity: dict[str, Any],
-                   run: dict[str, Any], header: str, stream: Any) -> Plan:  # fmt: skip
+                   run: dict[str, Any], header: str, stream: Any, store: Any = None) -> Plan:  # fmt: skip
     """Every (source, seed) re-run the study lacks, unpruned, into study ``name``."""
     from study.lib.objective import Objective  # trains: imported only where a replication runs
 
@@ -104,7 +104,7 @@ def replicate_plan(chosen_sources: dict[str, dict[str, Any]], raw: Any, *, name:
     checkpoints = tuple(sorted({e for c in chosen_sources.values() for e in c["checkpoints"]}))
     return Plan(
         study_name=name, identity=identity, sampler=optuna.samplers.RandomSampler(seed=0),
-        pruner=optuna.pruners.NopPruner(), objective=Objective(configure, raw, checkpoints=checkpoints),
+        pruner=optuna.pruners.NopPruner(), objective=Objective(configure, raw, points=checkpoints, store=store),
         runs=[{"source": k, "seed": s} for k in keys for s in chosen_sources[k]["seeds"]],
         header=lambda study, existed, todo: f"{header}: {todo} runs to do", stream=stream,
     )  # fmt: skip

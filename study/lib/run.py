@@ -53,7 +53,14 @@ def parse_fixes(items: list[str]) -> dict[str, str]:
 
 
 def search_plan(
-    args: argparse.Namespace, space: SearchSpace, raw: RawDataset, *, epochs: int, url: str, note: str
+    args: argparse.Namespace,
+    space: SearchSpace,
+    raw: RawDataset,
+    *,
+    epochs: int,
+    url: str,
+    note: str,
+    store=None,
 ) -> Plan:
     """The plan of a search: ``args.n_trials`` new trials of ``space`` at ``args.budget``."""
     run = {"dataset": args.dataset, "data_dir": args.data_dir, "device": args.device, "seed": args.seed}
@@ -90,7 +97,7 @@ def search_plan(
                   records.OBJECTIVES: ",".join(args.objectives), records.STRATUM: fixed},
         sampler=make_sampler(args.sampler, args.seed),
         pruner=make_pruner(args.pruner, epochs),
-        objective=search_objective(space, args.budget, raw, objectives=args.objectives, **run),
+        objective=search_objective(space, args.budget, raw, objectives=args.objectives, store=store, **run),
         n_trials=args.n_trials, objectives=args.objectives, timeout=args.timeout, on_open=on_open, prepare=prepare,
         header=header,
         worker_flags=lambda share: ["--space", str(space.path), "--study-name", study_name, "--budget", args.budget,

@@ -348,6 +348,14 @@ class Plan:
     footer: str = ""
     stream: TextIO = sys.stdout
 
+    def checkpoint_line(self, study: optuna.Study) -> str:
+        """Where the study's checkpoints are and what they take, when it writes them."""
+        store = getattr(self.objective, "store", None)
+        if store is None:
+            return ""
+        files, size = store.disk_use(study.study_name)
+        return f"checkpoints: {files} file(s), {size / 2**20:.1f} MiB in {store.folder}"
+
 
 def execute(
     plan: Plan,
@@ -393,7 +401,8 @@ def execute(
         )  # fmt: skip
     elif todo:
         optimize(study, plan.objective, n_trials=todo, timeout=plan.timeout, quiet=quiet, stream=plan.stream)
-    print(summary(study, url) + (f"\n{plan.footer}" if plan.footer else ""), file=plan.stream)
+    extra = [line for line in (plan.checkpoint_line(study), plan.footer) if line]
+    print("\n".join([summary(study, url), *extra]), file=plan.stream)
     return code
 
 

@@ -33,6 +33,10 @@ NO_DECAY_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "pos_emb
 COMPLETED, STOPPED, DIVERGED = "completed", "stopped", "diverged"
 
 
+class ResumeError(ValueError):
+    """A state to resume from does not fit this run's model or optimizer (another code version)."""
+
+
 @dataclass
 class EpochMetrics:
     """What every epoch records (DESIGN.md, "Metrics every run records")."""
@@ -355,6 +359,7 @@ def train(
     test_at: Collection[int] = (),
     geometry: Geometry | None = None,
     resume: dict[str, Any] | None = None,
+    on_resume: Callable[[Run], None] | None = None,
     on_checkpoint: Callable[[Run], None] | None = None,
 ) -> TrainResult:
     """Train one configuration and measure it.
@@ -370,6 +375,7 @@ def train(
             dataset's image size (``benchmarks.learnability`` passes others to compare them).
         resume: A ``Run.state()`` of this configuration to continue from (a checkpoint); its
             epochs are not trained or reported again.
+        on_resume: Called with the run once ``resume`` is restored (before any epoch trains).
         on_checkpoint: Called with the run after every evaluated epoch that ``on_epoch`` did not
             stop (``study.lib.checkpoint`` saves ``run.state()`` there).
 
@@ -380,7 +386,14 @@ def train(
     """
     run = start(cfg, raw=raw, test_at=test_at, geometry=geometry)
     if resume is not None:
-        run.restore(resume)
+        try:
+            run.restore(resume)
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise ResumeError(
+                f"the checkpoint does not fit this model ({type(exc).__name__}: {str(exc)[:120]})"
+            ) from None
+        if on_resume is not None:
+            on_resume(run)
     status = COMPLETED
     while run.epoch < cfg.epochs:
         finite = train_epoch(run)
