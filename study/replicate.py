@@ -11,6 +11,7 @@ gap, next to the original value.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import optuna
@@ -21,6 +22,7 @@ from study.lib.cli import (
     add_checkpoint_flags,
     add_storage_flag,
     add_training_flags,
+    add_workers_flags,
     checkpoints,
     fail,
 )
@@ -52,7 +54,10 @@ def build_parser() -> ArgumentParser:
         "--new-study", help="where the re-runs go (default: FIRST-STUDY-replicate); resumed if it exists"
     )
     add_storage_flag(parser)
+    add_workers_flags(parser, what="the re-runs")
     add_checkpoint_flags(parser)
+    # Internal: how many queued re-runs a worker process of --workers takes.
+    parser.add_argument("--worker-runs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--format", choices=FORMATS, default="table")
     add_training_flags(parser)
     return parser
@@ -60,8 +65,8 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.top < 1 or args.seeds < 1:
-        fail(PROG, f"--top and --seeds must be >= 1; got {args.top} and {args.seeds}")
+    if args.top < 1 or args.seeds < 1 or args.workers < 1:
+        fail(PROG, f"--top, --seeds and --workers must be >= 1; got {args.top}, {args.seeds} and {args.workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = args.new_study or f"{args.study[0]}-replicate"
     try:
@@ -81,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                               store=checkpoints(PROG, args, url),
                               header=f"replicating {len(chosen)} trial(s) of {', '.join(args.study)} with {args.seeds} seeds "
                               f"into {name}" + (" (step-matched)" if args.step_matched else ""))  # fmt: skip
-        code = execute(plan, url, prog=PROG, module=PROG, argv=argv, quiet=args.quiet)
+        code = execute(plan, url, prog=PROG, module=PROG, argv=argv, workers=args.workers,
+                       worker_index=args.worker_index, worker_trials=args.worker_runs, quiet=args.quiet)  # fmt: skip
+        if args.worker_index is not None:  # a worker: the parent reports
+            return code
         (replicas,) = load_studies([name], url)
     except (StudyError, StorageError, DataError) as exc:
         fail(PROG, str(exc))

@@ -162,3 +162,15 @@ def test_grid_workers_share_the_runs_each_run_once(tmp_path):
     again = run_grid(*args, "--workers", "2", "--quiet")
     assert again.returncode == 0 and "0 of 9 runs to do" in again.stdout
     assert len(optuna.load_study(study_name="digits-grid-quick", storage=url).trials) == 9
+
+
+def test_cifar10_cpu_design_step_matches_micro_batch_32_only():
+    from study.lib.grid import grid_design
+
+    design = grid_design(dataset="cifar10", accumulation=4, seeds=5, budget="cpu", base_lr=1e-3,
+                         arms=("none", "linear", "sqrt"))  # fmt: skip
+    stretched = {(r["batch_size"], r["lr_scaling"]) for r in design.runs if r["epochs"] == 800}
+    assert stretched == {(32, "none")}
+    # per seed: 3 baselines, 3 x 3 accumulated runs, the twins 256 x 1 and 512 x 1
+    assert len(design.runs) == 5 * 14
+    assert {r["epochs"] for r in design.runs} == {200, 800}

@@ -48,8 +48,20 @@ def test_replicate_reruns_the_best_trials_with_fresh_seeds(small_studies):
 def test_replicate_bad_input(small_studies):
     for args, message in (
         (["--study", "nope", "--storage", small_studies], "no study 'nope'"),
-        (["--study", "s", "--top", "0", "--storage", small_studies], "--top and --seeds must be >= 1"),
+        (["--study", "s", "--top", "0", "--storage", small_studies], "--top, --seeds and --workers must be >= 1"),
     ):
         proc = cli("study.replicate", *args)
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.slow
+def test_replicate_workers_share_the_reruns_each_once(small_studies):
+    proc = cli("study.replicate", "--study", "s", "--top", "1", "--seeds", "2", "--workers", "2",
+               "--storage", small_studies, "--format", "json", "--quiet")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["configurations"]  # one report, from the parent
+    assert row["n"] == 2 and row["seeds"] == [1, 2]
+    replicas = optuna.load_study(study_name="s-replicate", storage=small_studies).get_trials()
+    assert sorted(t.params["seed"] for t in replicas) == [1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in replicas)

@@ -210,7 +210,7 @@ def scale(grid: optuna.Study) -> dict[str, Any]:
         "budget": grid.user_attrs.get(records.BUDGET),
         "model": first.get("model"),
         "train_subset": first.get("train_subset"),
-        "validation_images": validation_size(first["dataset"], first["val_size"]) if first else None,
+        "validation_images": validation_size(first["dataset"], first["val_size"]) if "val_size" in first else None,
         "train_eval_size": first.get("train_eval_size"),
         "augment": first.get("augment"),
         "epoch_points": grid.user_attrs.get(records.EPOCH_POINTS),

@@ -82,5 +82,5 @@ def steps(
     out.append(Step("3/4 the replication of each search's best configuration, paired by seed, without pruning",
                     "study.replicate",
                     [*studies, "--new-study", names["replicate"], "--top", "1", "--seeds", str(replicate_seeds),
-                     *stretch, *machine]))  # fmt: skip
+                     *stretch, "--workers", str(workers), *machine]))  # fmt: skip
     return out

@@ -61,6 +61,7 @@ class GridBudget:
         settings: Other TrainConfig values of every run (validation size, train-eval size,
             evaluation schedule).
         step_matched: Arms whose accumulated runs train N times the epochs by default.
+        step_matched_batches: The micro-batches whose accumulated runs are step-matched (None: all).
         twins: Whether the grid has the (bN x 1) twins by default.
     """
 
@@ -70,6 +71,7 @@ class GridBudget:
     note: str
     settings: dict[str, Any] = field(default_factory=dict)
     step_matched: tuple[str, ...] = ()
+    step_matched_batches: tuple[int, ...] | None = None
     twins: bool = False
 
 
@@ -96,6 +98,9 @@ DATASET_GRID_BUDGETS: dict[tuple[str, str], GridBudget] = {
         "few images, long training: the baseline overfits by the last point",
         {"val_size": 5000, "train_eval_size": 5000, "eval_every": 5},
         step_matched=("none",),
+        # micro-batch 32 only: its baseline makes the most steps (the others end earlier on the
+        # curve), and a step-matched run costs 4 times an equal-epoch one (the plan stays near 6 h)
+        step_matched_batches=(32,),
         twins=True,
     ),
 }
@@ -113,18 +118,20 @@ def grid_runs(
     arms: tuple[str, ...],
     epochs: int,
     step_matched: tuple[str, ...] = (),
+    step_matched_batches: tuple[int, ...] | None = None,
     twins: bool = False,
 ) -> list[dict[str, Any]]:
     """Every run of a grid, as the parameters of its trial: per seed and micro-batch the
     accumulation-1 run (lr scaling "none", the same lr under every rule), then the accumulated run
-    of each arm (N x ``epochs`` in the ``step_matched`` arms); then the (bN x 1) twins missing from
-    the micro-batches."""
+    of each arm (N x ``epochs`` in the ``step_matched`` arms, for the ``step_matched_batches``
+    micro-batches, all when None); then the (bN x 1) twins missing from the micro-batches."""
     runs = []
     for seed in range(seeds):
         for batch in BATCH_SIZES:
+            stretched = step_matched if step_matched_batches is None or batch in step_matched_batches else ()
             runs.append(_run(batch, 1, "none", seed, epochs))
             runs += [
-                _run(batch, accumulation, arm, seed, epochs * (accumulation if arm in step_matched else 1))
+                _run(batch, accumulation, arm, seed, epochs * (accumulation if arm in stretched else 1))
                 for arm in arms
             ]
         if twins:
@@ -211,6 +218,7 @@ def grid_design(
         arms=arms,
         epochs=epochs,
         step_matched=step_matched,
+        step_matched_batches=scale.step_matched_batches,
         twins=twins,
     )
     choices = {
@@ -225,7 +233,9 @@ def grid_design(
         f"The paper's fixed grid: batch {BATCH_SIZES} x accumulation (1, {accumulation}) x epochs {points}, "
         f"{seeds} seed(s); Adam, constant lr {base_lr:g}, no regularization, "
         + (f"no lr scaling, and arms whose accumulated runs scale the lr ({', '.join(scaled)})" if scaled else "no lr scaling")
-        + (f"; accumulated runs of {', '.join(step_matched)} train {accumulation} x {epochs} epochs (step-matched)" if step_matched else "")
+        + (f"; accumulated runs of {', '.join(step_matched)}"
+           + ("" if scale.step_matched_batches is None else f" at micro-batch {', '.join(map(str, scale.step_matched_batches))}")
+           + f" train {accumulation} x {epochs} epochs (step-matched)" if step_matched else "")
         + ("; with the (bN x 1) twins of the accumulated micro-batches" if twins else "")
         + "."
     )  # fmt: skip
