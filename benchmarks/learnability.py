@@ -45,7 +45,7 @@ EXTRA_PRESETS = {
     "swin-nano-deep": SwinPreset(embed_dim=32, depths=(2, 4), num_heads=(2, 4)),
     "swin-micro-deep": SwinPreset(embed_dim=96, depths=(2, 6), num_heads=(3, 6)),  # swin-micro before
 }
-OLD_28 = Geometry(input_size=28, patch_size=2, window_size=7)  # before issue 10
+OLD_28 = Geometry(input_size=28, patch_size=2, window_size=7)  # the geometry before the 32 px padding
 PAD_32 = Geometry(input_size=32, patch_size=4, window_size=4)
 PAD_32_P2 = Geometry(input_size=32, patch_size=2, window_size=4)
 CANDIDATES: dict[str, tuple[str, Geometry]] = {

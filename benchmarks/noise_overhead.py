@@ -4,7 +4,7 @@ Side by side in one process, same preset, data, seed and batches (Fashion-MNIST,
 package or ``--data-dir``), for each setting of the grid that matters: no accumulation (one
 step in ``study.lib.noise.HALVES_EVERY`` runs as two halves) and accumulation 4 (every step measured). The runs alternate off/on
 ``--repeats`` times and the ratio of the fastest training seconds is printed (the minimum is the
-least disturbed by other load); the issue's target is under 5% (a ratio below 1.05). On a shared
+least disturbed by other load); the target is under 5% (a ratio below 1.05). On a shared
 2-core machine, run-to-run spread can exceed that, so the meter's own work is also timed directly:
 its calls for one accumulated step against the forward and backward passes of that step.
 

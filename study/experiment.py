@@ -21,7 +21,7 @@ from pathlib import Path
 
 import optuna
 
-from study.lib.cli import ArgumentParser, fail, parse_arms
+from study.lib.cli import ArgumentParser, fail, parse_arms, parse_families
 from study.lib.config import DATASET_SIZES
 from study.lib.experiment import Step, steps, study_names
 from study.lib.session import BUDGETS
@@ -49,6 +49,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--lr-scaling", default="none,linear,sqrt", help="grid arms (default: none,linear,sqrt)"
     )
+    parser.add_argument("--models", default="swin",
+                        help="model families: swin (the experiment's model, always run) and the controls vit and "
+                        "bn-cnn, each given the grid of the same design after the Swin's replication (default: swin)")  # fmt: skip
+    parser.add_argument("--control-lr-scaling", default="none",
+                        help="the controls' grid arms (default: none, the paper's; their search is the Swin's)")  # fmt: skip
     parser.add_argument("--n-trials", type=int, default=16,
                         help="tuning-search trials per accumulation value (default: 16)")  # fmt: skip
     parser.add_argument("--replicate-seeds", type=int, default=5,
@@ -110,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.accumulation_steps < 2:
         fail(PROG, f"--accumulation-steps must be >= 2; got {args.accumulation_steps}")
     arms = list(parse_arms(PROG, "--lr-scaling", args.lr_scaling))
+    controls = tuple(f for f in parse_families(PROG, "--models", args.models) if f != "swin")
+    control_arms = parse_arms(PROG, "--control-lr-scaling", args.control_lr_scaling)
     out = Path(args.out or f"results/{args.dataset}-{args.budget}")
     if out.exists() and not out.is_dir():
         fail(PROG, f"--out {out} is a file; give a folder")
@@ -126,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     plan = steps(dataset=args.dataset, budget=args.budget, accumulation=args.accumulation_steps, seeds=args.seeds,
                  arms=arms, n_trials=remaining, replicate_seeds=args.replicate_seeds, workers=args.workers,
-                 device=args.device, data_dir=args.data_dir, quiet=args.quiet)  # fmt: skip
+                 device=args.device, data_dir=args.data_dir, quiet=args.quiet, controls=controls,
+                 control_arms=control_arms)  # fmt: skip
     for step in plan:
         run_step(step, env)
 

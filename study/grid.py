@@ -25,6 +25,7 @@ from study.lib.cli import (
     checkpoints,
     fail,
     parse_arms,
+    parse_families,
     resolve_budget,
 )
 from study.lib.config import DATASET_SIZES
@@ -78,7 +79,12 @@ def build_parser() -> ArgumentParser:
         help="every run measures the gradient noise scale per epoch (micro-batch vs effective-batch "
         "gradients; without accumulation, one step in 8 runs as two halves); about 2%% of a step's time",
     )
-    parser.add_argument("--study-name", help="default: DATASET-grid-BUDGET; an existing grid is resumed")
+    parser.add_argument("--models", default="swin",
+                        help="comma-separated model families, each its own grid of the same design, run one after "
+                        "the other: swin (the paper's), vit (global attention, no windows), bn-cnn (a BatchNorm "
+                        "ResNet, where accumulation is not the larger batch). Default: swin")  # fmt: skip
+    parser.add_argument("--study-name", help="default: DATASET-grid-BUDGET (-FAMILY for vit and bn-cnn); an existing "
+                        "grid is resumed")  # fmt: skip
     add_storage_flag(parser)
     parser.add_argument(
         "--budget",
@@ -112,6 +118,9 @@ def check(args: argparse.Namespace) -> tuple[str, ...]:
     if not args.base_lr > 0:
         fail(PROG, f"--base-lr must be > 0; got {args.base_lr:g}")
     arms = parse_arms(PROG, "--lr-scaling", args.lr_scaling)
+    args.models = parse_families(PROG, "--models", args.models)
+    if args.study_name and len(args.models) > 1:
+        fail(PROG, "--study-name names one grid; give one family in --models, or leave the default names")
     if args.step_matched is not None:
         args.step_matched = (
             () if args.step_matched.strip() == "" else parse_arms(PROG, "--step-matched", args.step_matched)
@@ -129,22 +138,25 @@ def main(argv: list[str] | None = None) -> int:
         raw = load_raw(args.dataset, args.data_dir)  # missing or damaged data fail before the storage exists
     except (StorageError, DataError) as exc:
         fail(PROG, str(exc))
-    design = grid_design(
-        dataset=args.dataset, accumulation=args.accumulation_steps, seeds=args.seeds, budget=args.budget,
-        base_lr=args.base_lr, arms=arms, step_matched=args.step_matched, twins=args.twins,
-        noise_scale=args.noise_scale,
-    )  # fmt: skip
-    try:
-        plan = grid_plan(
-            design, args, raw, run=run, url=url, note=note, arms=arms, store=checkpoints(PROG, args, url)
-        )
-        return execute(plan, url, prog=PROG, module=PROG, argv=argv, workers=args.workers,
-                       worker_index=args.worker_index, worker_trials=args.worker_runs, quiet=args.quiet)  # fmt: skip
-    except StudyError as exc:
-        fail(PROG, str(exc))
-    except ValueError as exc:  # a run of the grid TrainConfig rejects, e.g. an effective batch too large
-        fail(PROG, f"the grid cannot run on {args.dataset}: {exc}")
-
+    for family in args.models:
+        design = grid_design(
+            dataset=args.dataset, accumulation=args.accumulation_steps, seeds=args.seeds, budget=args.budget,
+            base_lr=args.base_lr, arms=arms, step_matched=args.step_matched, twins=args.twins,
+            noise_scale=args.noise_scale, family=family,
+        )  # fmt: skip
+        try:
+            plan = grid_plan(
+                design, args, raw, run=run, url=url, note=note, arms=arms, store=checkpoints(PROG, args, url)
+            )
+            code = execute(plan, url, prog=PROG, module=PROG, argv=argv, workers=args.workers,
+                           worker_index=args.worker_index, worker_trials=args.worker_runs, quiet=args.quiet)  # fmt: skip
+        except StudyError as exc:
+            fail(PROG, str(exc))
+        except ValueError as exc:  # a run of the grid TrainConfig rejects, e.g. an effective batch too large
+            fail(PROG, f"the grid cannot run on {args.dataset}: {exc}")
+        if code:  # a family whose workers did not all finish: the next one waits for a resume
+            return code
+    return 0
 
 if __name__ == "__main__":
     run_main(PROG, main, quiet="--worker-index" in sys.argv)  # workers leave the Ctrl-C line to their parent

@@ -124,7 +124,7 @@ def test_an_epoch_is_cut_into_whole_effective_batches():
     assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))  # seeded
 
 
-# --- real-file robustness (issue 10) -------------------------------------------------------------
+# --- real-file robustness ------------------------------------------------------------------------
 def test_fractional_validation_split_is_taken_of_the_images_actually_read(tmp_path):
     write_mnist_like(tmp_path / "MNIST" / "raw", n_train=5000, n_test=100)
     cfg = TrainConfig(dataset="mnist", data_dir=str(tmp_path), val_size=0.1, batch_size=32)

@@ -105,6 +105,7 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
         (["--lr-scaling", "none,cubic"], "--lr-scaling takes arms of"),
         (["--storage", "not a url"], "malformed storage URL"),
         (["--budget", "huge"], "invalid choice: 'huge'"),
+        (["--models", "swin,cnn"], "--models takes model families of swin, vit, bn-cnn"),
     ],
 )
 def test_experiment_bad_input_exits_2_with_one_line(tmp_path, args, message):
@@ -123,3 +124,17 @@ def test_experiment_bad_input_exits_2_with_one_line(tmp_path, args, message):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert not db.exists() and not (tmp_path / "o").exists()
+
+
+def test_the_control_families_get_the_grid_of_the_same_design_after_the_swins_replication():
+    from study.lib.experiment import steps, study_names
+
+    plan = steps(dataset="cifar10", budget="cpu", accumulation=4, seeds=5, arms=["none", "linear", "sqrt"],
+                 n_trials={1: 16, 4: 16}, replicate_seeds=5, workers=2, controls=("vit", "bn-cnn"))  # fmt: skip
+    assert [s.module for s in plan] == ["study.grid", "study.run", "study.run", "study.replicate", "study.grid", "study.grid"]
+    names = study_names("cifar10", "cpu")
+    for step, family in zip(plan[-2:], ("vit", "bn-cnn"), strict=True):
+        flags = step.args
+        assert flags[flags.index("--models") + 1] == family and flags[flags.index("--lr-scaling") + 1] == "none"
+        assert flags[flags.index("--study-name") + 1] == names[f"grid-{family}"] == f"cifar10-grid-cpu-{family}"
+        assert flags[flags.index("--seeds") + 1] == "5" and "--noise-scale" not in flags

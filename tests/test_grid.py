@@ -128,6 +128,8 @@ def test_step_matched_runs_make_their_baselines_steps_and_twins_join_the_grid(tm
         (["--accumulation-steps", "64"], "the grid cannot run on digits: effective batch 2048"),
         (["--lr-scaling", "none,cubic"], "--lr-scaling takes arms of none, linear, sqrt"),
         (["--budget", "huge"], "invalid choice: 'huge'"),
+        (["--models", "swin,resnet"], "--models takes model families of swin, vit, bn-cnn"),
+        (["--models", "swin,vit", "--study-name", "g"], "--study-name names one grid"),
     ],
 )
 def test_grid_bad_input(tmp_path, args, message):
@@ -174,3 +176,22 @@ def test_cifar10_cpu_design_step_matches_micro_batch_32_only():
     # per seed: 3 baselines, 3 x 3 accumulated runs, the twins 256 x 1 and 512 x 1
     assert len(design.runs) == 5 * 14
     assert {r["epochs"] for r in design.runs} == {200, 800}
+
+
+@pytest.mark.slow
+def test_each_model_family_gets_its_own_grid_of_the_same_design(tmp_path):
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    proc = run_grid("--dataset", "digits", "--budget", "quick", "--storage", url, "--quiet", "--models", "vit,bn-cnn",
+                    "--workers", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    names = {s.study_name for s in optuna.get_all_study_summaries(url)}
+    assert names == {"digits-grid-quick-vit", "digits-grid-quick-bn-cnn"}  # no Swin grid: not asked for
+    for family in ("vit", "bn-cnn"):
+        trials = optuna.load_study(study_name=f"digits-grid-quick-{family}", storage=url).get_trials()
+        assert all(t.state == TrialState.COMPLETE for t in trials)
+        assert {(t.params["batch_size"], t.params["accumulation_steps"]) for t in trials} == {
+            (b, a) for b in (32, 64, 128) for a in (1, 4)
+        }
+        assert {(t.user_attrs["config"]["model"], t.user_attrs["config"]["family"]) for t in trials} == {
+            (f"{family}-nano", family)
+        }

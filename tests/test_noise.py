@@ -1,4 +1,4 @@
-"""The gradient noise scale (issue 13): a known answer, the trainer's option, no extra passes."""
+"""The gradient noise scale: a known answer, the trainer's option, no extra passes."""
 
 import math
 import subprocess

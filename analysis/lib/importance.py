@@ -64,7 +64,7 @@ def targets(study: optuna.Study) -> list[Target]:
 
 # Bootstrap resamples per target. fANOVA dominates the cost, so its forest has 16 trees per resample
 # (40 resamples fit 640 trees in all): a report of a 100-trial study stays under a minute on 2 CPU
-# cores (README, benchmarks.report_time).
+# cores (docs/benchmarks.md, benchmarks.report_time).
 BOOTSTRAP = 40
 LEVEL = 0.90  # the interval's coverage: the 5th to the 95th percentile of the resamples
 

@@ -576,6 +576,9 @@ class Twins:
     max_val_accuracy_difference: float
     identical_through_epoch: int  # last epoch through which every seed's train losses agree within IDENTICAL
     seconds_per_epoch: MeanCI  # (b x N) / (bN x 1): what accumulation itself costs
+    # (b x N) - (bN x 1) at the last common epoch, paired by seed: signed, so that with BatchNorm it
+    # says whether the micro-batches' own statistics help (> 0) or hurt
+    val_accuracy_difference: MeanCI = EMPTY
 
 
 def twins(runs: list[Run]) -> list[Twins]:
@@ -602,6 +605,8 @@ def _twins(batch: int, n: int, pairs: list[tuple[Run, Run]]) -> Twins:
         first_bad = next((i for i, d in enumerate(losses) if d >= IDENTICAL), len(losses))
         through = min(through, epochs[first_bad - 1] if first_bad else 0)
     ratio = mean_ci([_cost(acc, "epoch") / _cost(twin, "epoch") for acc, twin in pairs])
+    last = [max(e for e in twin.epochs if acc.has(e)) for acc, twin in pairs]
+    signed = mean_ci([acc.at(e, "val_accuracy") - twin.at(e, "val_accuracy") for (acc, twin), e in zip(pairs, last, strict=True)])
     return Twins(
-        batch, n, sorted(a.seed for a, _ in pairs), int(common), loss_diff, acc_diff, int(through), ratio
+        batch, n, sorted(a.seed for a, _ in pairs), int(common), loss_diff, acc_diff, int(through), ratio, signed
     )

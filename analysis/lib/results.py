@@ -36,6 +36,7 @@ from optuna.trial import TrialState
 from analysis.lib import noise_scale as noise
 from analysis.lib.document import Block, Document, Heading, Paragraph, Table, write_markdown
 from analysis.lib.export import history_rows, run_rows, write_csv, write_records
+from analysis.lib.families import family_blocks, family_summary
 from analysis.lib.figures import progress_figure, steps_figure
 from analysis.lib.overfitting import (
     AT_EQUAL_LOSS,
@@ -266,6 +267,11 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     }
     if tuning:
         blocks += tuning_blocks(tuning, searches)
+    controls = {role.removeprefix("grid-"): study for role, study in studies.items() if role.startswith("grid-")}
+    if controls:  # the same grid for other model families (study.grid --models)
+        summary_of_families = family_summary({"swin": grid, **controls})
+        blocks += family_blocks(summary_of_families)
+        verdict["families"] = summary_of_families
     if measured := noise.noise_runs(grid):  # grid runs trained with --noise-scale
         search = list(searches.values()) or studies.get(
             "search"

@@ -119,6 +119,22 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
     return MeanCI(mb - ma, mb - ma - half, mb - ma + half, n)
 
 
+def difference(a: MeanCI, b: MeanCI, confidence: float = CONFIDENCE) -> MeanCI:
+    """b - a for two means of independent groups given as their intervals (the Welch interval of
+    ``welch``, recovered from each group's t interval: se = half width / t(n - 1)); n is the smaller
+    group."""
+    n = min(a.n, b.n)
+    if n < 2 or not (a.has_interval and b.has_interval):
+        return MeanCI(b.mean - a.mean, math.nan, math.nan, n) if n else EMPTY
+    q = 0.5 + confidence / 2
+    va, vb = (a.half_width / float(stats.t.ppf(q, a.n - 1))) ** 2, (b.half_width / float(stats.t.ppf(q, b.n - 1))) ** 2
+    if va + vb == 0:
+        return MeanCI(b.mean - a.mean, b.mean - a.mean, b.mean - a.mean, n)
+    dof = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    half = float(stats.t.ppf(q, dof)) * math.sqrt(va + vb)
+    return MeanCI(b.mean - a.mean, b.mean - a.mean - half, b.mean - a.mean + half, n)
+
+
 def percentile_interval(values: Sequence[float], coverage: float = CONFIDENCE) -> tuple[float, float, float]:
     """(median, low, high): the median and the central ``coverage`` interval of ``values``
     (the spread over runs, not an interval of the mean)."""

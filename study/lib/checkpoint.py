@@ -108,17 +108,19 @@ class Checkpoints:
         def save(run: Any) -> None:
             calls["n"] += 1
             if self.every and calls["n"] % self.every == 0:
-                import torch  # local: reading a study's checkpoints' disk use needs no torch
-
-                buffer = io.BytesIO()
-                torch.save(
-                    {"format": FORMAT, "fingerprint": fingerprint(run.cfg.to_dict()), **run.state()}, buffer
-                )
-                buffer.seek(0)
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self.store.write(self.artifact_id(trial.study.study_name, trial.number), buffer)
+                self.write(trial.study.study_name, trial.number, run)
 
         return save
+
+    def write(self, study_name: str, number: int, run: Any) -> None:
+        """The run's whole state (``study.lib.train.Run``) as the trial's checkpoint, atomically."""
+        import torch  # local: reading a study's checkpoints' disk use needs no torch
+
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT, "fingerprint": fingerprint(run.cfg.to_dict()), **run.state()}, buffer)
+        buffer.seek(0)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.store.write(self.artifact_id(study_name, number), buffer)
 
     def predecessors(self, trial: optuna.Trial) -> list[int]:
         """The trials this one retries, newest first (none for a first attempt)."""

@@ -10,7 +10,7 @@ import sys
 import typing
 from typing import Any, NoReturn
 
-from study.lib.config import LR_SCALING_EXPONENTS, TrainConfig
+from study.lib.config import FAMILIES, LR_SCALING_EXPONENTS, TrainConfig
 from study.lib.storage import STORAGE_ENV
 
 EXIT_USAGE = 2
@@ -105,6 +105,15 @@ def parse_arms(prog: str, flag: str, text: str) -> tuple[str, ...]:
     if not arms or any(a not in LR_SCALING_EXPONENTS for a in arms):
         fail(prog, f"{flag} takes arms of {', '.join(LR_SCALING_EXPONENTS)}; got {text!r}")
     return arms
+
+
+def parse_families(prog: str, flag: str, text: str) -> tuple[str, ...]:
+    """Comma-separated model families (swin, vit, bn-cnn), in order, without repeats; one line,
+    exit 2, on anything else."""
+    families = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    if not families or any(f not in FAMILIES for f in families):
+        fail(prog, f"{flag} takes model families of {', '.join(FAMILIES)}; got {text!r}")
+    return families
 
 
 def worker_argv(module: str, argv: list[str] | None, *, index: int, resolved: list[str]) -> list[str]:

@@ -1,6 +1,6 @@
 """TrainConfig: every knob of one training run, validated once at construction.
 
-The two accumulation protocols of DESIGN.md live here as derived properties, and so does the
+The two accumulation protocols of docs/design.md live here as derived properties, and so does the
 single learning-rate scaling rule (``TrainConfig.lr``), so that no other module re-derives them.
 """
 
@@ -22,7 +22,7 @@ DATASET_SIZES: dict[str, tuple[int, int]] = {
 }
 PROTOCOLS = ("paper", "memory")
 OPTIMIZERS = ("adam", "adamw", "sgd")
-# lr = base_lr * (effective_batch / reference_batch) ** exponent (DESIGN.md, "Learning-rate scaling")
+# lr = base_lr * (effective_batch / reference_batch) ** exponent (docs/design.md, "Learning-rate scaling")
 LR_SCALING_EXPONENTS: dict[str, float] = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -36,7 +36,7 @@ class TrainConfig:
     Args:
         dataset: ``digits`` (scikit-learn, offline), ``mnist``, ``fashion-mnist`` or ``cifar10``.
         data_dir: Folder holding the torchvision-format datasets (downloaded there when missing).
-        model: Swin preset name (see ``study.lib.model.PRESETS``).
+        model: Model preset name, of the swin, vit or bn-cnn family (``study.lib.model.PRESETS``).
         batch_size: ``paper`` protocol: the micro-batch; ``memory`` protocol: the effective batch.
         accumulation_steps: Micro-batches whose gradients are summed before one optimizer step.
         protocol: ``paper`` (effective batch = batch_size x accumulation_steps) or ``memory``
@@ -145,8 +145,18 @@ class TrainConfig:
             effective_batch_size=self.effective_batch_size,
             micro_batch_size=self.micro_batch_size,
             lr=self.lr,
+            family=family_of(self.model),
         )
         return out
+
+
+FAMILIES = ("swin", "vit", "bn-cnn")  # the model families (study.lib.model builds their presets)
+
+
+def family_of(model: str) -> str:
+    """The family of a preset (``vit-nano`` -> ``vit``); another model is its own family."""
+    family, _, _size = model.rpartition("-")
+    return family if family in FAMILIES else model
 
 
 def validation_size(dataset: str, val_size: float, *, pool: int | None = None) -> int:

@@ -24,17 +24,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from study.lib.grid import grid_budget
+from study.lib.config import FAMILIES
+from study.lib.grid import grid_budget, grid_study_name
 
 SPACE = "overfitting"  # the search space of the experiment
 
 
 def study_names(dataset: str, budget: str, accumulation: int = 4) -> dict[str, str]:
-    """Role -> study name: ``grid``, ``search-x1``, ``search-xN`` and ``replicate``, named so that
-    each command's default would find them again."""
+    """Role -> study name: ``grid``, ``search-x1``, ``search-xN``, ``replicate`` and the control
+    families' grids ``grid-vit`` and ``grid-bn-cnn``, named so that each command's default would
+    find them again."""
     search = f"{dataset}-{SPACE}-{budget}"
     return {
-        "grid": f"{dataset}-grid-{budget}",
+        "grid": grid_study_name(dataset, budget),
+        **{f"grid-{f}": grid_study_name(dataset, budget, f) for f in FAMILIES if f != "swin"},
         **{f"search-x{n}": f"{search}-accumulation_steps={n}" for n in (1, accumulation)},
         "replicate": f"{search}-tuned",
     }
@@ -62,9 +65,13 @@ def steps(
     device: str = "auto",
     data_dir: str = "data",
     quiet: bool = False,
+    controls: tuple[str, ...] = (),
+    control_arms: tuple[str, ...] = ("none",),
 ) -> list[Step]:
     """The commands, in order. ``n_trials`` maps each accumulation value to the search trials it
-    still lacks (0: its search is done and is skipped)."""
+    still lacks (0: its search is done and is skipped). ``controls``: model families other than the
+    Swin, each given the grid of the same design with the ``control_arms`` (the search is the
+    Swin's), after the Swin's replication."""
     names = study_names(dataset, budget, accumulation)
     machine = ["--device", device, "--data-dir", data_dir] + (["--quiet"] if quiet else [])
     common = ["--dataset", dataset, "--budget", budget, *machine]
@@ -83,4 +90,9 @@ def steps(
                     "study.replicate",
                     [*studies, "--new-study", names["replicate"], "--top", "1", "--seeds", str(replicate_seeds),
                      *stretch, "--workers", str(workers), *machine]))  # fmt: skip
+    for family in controls:
+        out.append(Step(f"3/4 the grid of the {family} control (arms {', '.join(control_arms)})", "study.grid",
+                        [*common, "--seeds", str(seeds), "--accumulation-steps", str(accumulation), "--lr-scaling",
+                         ",".join(control_arms), "--models", family, "--study-name", names[f"grid-{family}"],
+                         "--workers", str(workers)]))  # fmt: skip
     return out

@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 
 from study.lib import records
-from study.lib.config import LR_SCALING_EXPONENTS, TrainConfig
+from study.lib.config import LR_SCALING_EXPONENTS, TrainConfig, family_of
 from study.lib.session import Plan
 from study.lib.storage import mask
 
@@ -89,7 +89,7 @@ GRID_BUDGETS: dict[str, GridBudget] = {
     "standard": GridBudget(EPOCH_POINTS, "swin-micro", None, "the paper's epochs, full data"),
 }
 # Budgets that differ per dataset. CIFAR-10 at CPU scale: few images trained long, so that the
-# baseline clearly overfits (benchmarks.overfitting; README, "The CIFAR-10 budget").
+# baseline clearly overfits (benchmarks.overfitting; docs/design.md, "The CIFAR-10 budget").
 DATASET_GRID_BUDGETS: dict[tuple[str, str], GridBudget] = {
     ("cifar10", "cpu"): GridBudget(
         (40, 80, 200),
@@ -190,10 +190,14 @@ def grid_design(
     step_matched: tuple[str, ...] | None = None,
     twins: bool | None = None,
     noise_scale: bool = False,
+    family: str = "swin",
 ) -> GridDesign:
     """The grid: batch_size x accumulation_steps x lr_scaling x seed (x epochs, for step-matched
     runs) at the budget's scale for ``dataset``; ``step_matched`` and ``twins`` default to the
-    budget's; ``noise_scale`` makes every run measure the gradient noise scale (study.lib.noise)."""
+    budget's; ``noise_scale`` makes every run measure the gradient noise scale (study.lib.noise);
+    ``family`` takes the budget's preset size in another model family (the same design)."""
+    from study.lib.model import family_preset  # the model imports torch; a design need not
+
     scale = grid_budget(budget, dataset)
     step_matched = scale.step_matched if step_matched is None else step_matched
     step_matched = tuple(a for a in step_matched if a in arms)
@@ -205,7 +209,7 @@ def grid_design(
         **scale.settings,
         "base_lr": base_lr,
         "epochs": epochs,
-        "model": scale.model,
+        "model": family_preset(family, scale.model),
     }
     if noise_scale:
         settings["noise_scale"] = True
@@ -242,6 +246,12 @@ def grid_design(
     return GridDesign(settings, choices, points, runs, description)
 
 
+def grid_study_name(dataset: str, budget: str, family: str = "swin") -> str:
+    """The default name of a grid: ``DATASET-grid-BUDGET``, with ``-FAMILY`` for a family other than
+    the Swin (each family's grid is its own study: they share nothing)."""
+    return f"{dataset}-grid-{budget}" + ("" if family == "swin" else f"-{family}")
+
+
 def checkpoint_epochs(design: GridDesign) -> tuple[int, ...]:
     """The epochs recorded whole: the epoch points and, for step-matched runs, N times each."""
     stretches = {e // max(design.epoch_points) for e in design.choices["epochs"]}
@@ -259,7 +269,7 @@ def grid_plan(design: GridDesign, args: Any, raw: Any, *, run: dict[str, Any], u
     pool = len(raw.train_labels)
     for params in design.runs:
         design.config(params, pool=pool, **run)
-    study_name = args.study_name or f"{args.dataset}-grid-{args.budget}"
+    study_name = args.study_name or grid_study_name(args.dataset, args.budget, family_of(design.settings["model"]))
     first = design.config(design.runs[0], pool=pool, **run)
 
     def header(study, existed: bool, todo: int) -> str:
@@ -283,7 +293,8 @@ def grid_plan(design: GridDesign, args: Any, raw: Any, *, run: dict[str, Any], u
         prepare=lambda study, existed: records.describe_grid(study, epoch_points=design.epoch_points, arms=arms,
                                                              description=design.description, new=not existed),
         header=header,
-        worker_flags=lambda share: ["--study-name", study_name, "--budget", args.budget, "--worker-runs", str(share)],
+        worker_flags=lambda share: ["--study-name", study_name, "--budget", args.budget, "--worker-runs", str(share),
+                                    "--models", family_of(design.settings["model"])],
         footer=f"verdict: python -m analysis.overfitting --study {study_name}"
         + ("" if args.storage is None else f" --storage '{mask(url)}'"),
     )  # fmt: skip

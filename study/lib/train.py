@@ -39,7 +39,7 @@ class ResumeError(ValueError):
 
 @dataclass
 class EpochMetrics:
-    """What every epoch records (DESIGN.md, "Metrics every run records")."""
+    """What every epoch records (docs/design.md, "What a run records")."""
 
     epoch: int
     train_loss: float  # running mean over the steps since the last evaluation (train mode)

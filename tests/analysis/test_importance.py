@@ -1,4 +1,4 @@
-"""Parameter importance a reader can trust (issue 14): bootstrap intervals, minimum evidence, the
+"""Parameter importance a reader can trust: bootstrap intervals, minimum evidence, the
 pruned trials' evidence at a rung, and the agreement line; on synthetic studies with a known answer."""
 
 import random

@@ -1,0 +1,55 @@
+"""The family contrast on synthetic grids with planted answers (no training): a control family
+that overfits where the Swin is only behind is told apart, one that behaves like the Swin is not."""
+
+import json
+
+import optuna
+import pytest
+
+from analysis.lib.families import contrasts, family_summary
+from analysis.lib.overfitting import analyse
+from analysis.lib.results import write_results
+from analysis.lib.stats import difference, mean_ci, welch
+from tests.analysis.synthetic import grid
+
+
+def test_difference_of_two_intervals_is_welchs_interval_of_their_runs():
+    a, b = [0.1, 0.3, 0.2, 0.25, 0.15], [0.5, 0.4, 0.65, 0.45]
+    got, want = difference(mean_ci(a), mean_ci(b)), welch(a, b)
+    assert got.mean == pytest.approx(want.mean) and got.n == want.n == 4
+    assert (got.low, got.high) == pytest.approx((want.low, want.high))
+
+
+def _at_equal_loss(rows, family):
+    (row,) = [c for c in rows if c.family == family and c.where == "at equal training loss"]
+    return row
+
+
+def test_a_family_that_overfits_differs_from_an_under_trained_swin_and_a_like_one_does_not():
+    analyses = {"swin": analyse(grid("under-training", seeds=5)), "vit": analyse(grid("overfitting", seeds=5)),
+                "bn-cnn": analyse(grid("under-training", seeds=5))}  # fmt: skip
+    rows = contrasts(analyses)
+    overfits = _at_equal_loss(rows, "vit")  # planted: validation loss + 0.15 at equal training loss
+    assert overfits.difference.low > 0.05 and overfits.difference.mean == pytest.approx(0.15, abs=0.03)
+    alike = _at_equal_loss(rows, "bn-cnn")
+    assert alike.difference.low < 0 < alike.difference.high
+    assert {c.arm for c in rows} == {"none"} and {c.family for c in rows} == {"vit", "bn-cnn"}
+
+
+def test_results_have_a_section_and_a_json_entry_per_family(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    for name, kind in (("g", "under-training"), ("g-vit", "overfitting")):
+        source = grid(kind, seeds=3)
+        target = optuna.create_study(storage=url, study_name=name, direction="maximize")
+        for key, value in source.user_attrs.items():
+            target.set_user_attr(key, value)
+        target.add_trials(source.trials)
+    written = write_results(url, {"grid": "g", "grid-vit": "g-vit", "grid-bn-cnn": "absent"}, tmp_path / "out")
+    assert tmp_path / "out" / "records" / "grid-vit.jsonl" in written
+    verdict = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    per = verdict["families"]["per_family"]
+    assert [a["verdict"] for a in per["swin"]["arms"]] == ["under-training"]
+    assert [a["verdict"] for a in per["vit"]["arms"]] == ["overfitting"]
+    assert {c["family"] for c in verdict["families"]["contrast"]} == {"vit"}
+    assert "Is it the Swin? The same grid per model family" in (tmp_path / "out" / "report.md").read_text()
+    assert family_summary({"swin": optuna.load_study(study_name="g", storage=url)})["contrast"] == []
