@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from benchmarks.trainer_speed import device_name, fashion_config
 from study.lib.config import TrainConfig
 from study.lib.data import RawDataset, load_raw
 from study.lib.model import build_model, geometry_for
@@ -80,20 +81,9 @@ def main() -> None:
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     raw = load_raw("fashion-mnist", args.data_dir)
-    base = TrainConfig(
-        dataset="fashion-mnist",
-        data_dir=args.data_dir,
-        model=args.model or ("swin-micro" if on_gpu else "swin-nano"),
-        epochs=args.epochs,
-        train_subset=args.images,
-        val_size=1000,
-        train_eval_size=256,
-        device=args.device,
-    )
-    name = torch.cuda.get_device_name(device) if on_gpu else f"cpu ({torch.get_num_threads()} threads)"
-    print(
-        f"device: {name}; model {base.model}; {args.images} Fashion-MNIST images/epoch; {args.repeats} pairs"
-    )
+    base = fashion_config(args, device, images=args.images)
+    print(f"device: {device_name(device)}; model {base.model}; {args.images} Fashion-MNIST images/epoch; "
+          f"{args.repeats} pairs")  # fmt: skip
     print(f"{'setting':<34}{'off s':>9}{'on s':>9}{'on / off':>10}")
     for label, changes in [
         ("batch 32, no accumulation", dict(batch_size=32)),

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from benchmarks.learnability import cpu_seconds
 from study.lib.cli import render_table
 from study.lib.config import TrainConfig
 from study.lib.data import load_raw, make_splits, normalize
@@ -72,11 +72,6 @@ def small_cnn(*, image_size: int, in_chans: int, num_classes: int, dropout: floa
 
 
 REFERENCES = {"mlp-256": mlp, "cnn-small": small_cnn}
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass

@@ -82,6 +82,19 @@ def reference(cfg: TrainConfig, *, workers: int, images: int) -> float:
     return rate
 
 
+def fashion_config(args: argparse.Namespace, device: torch.device, *, images: int, **changes) -> TrainConfig:
+    """The benchmarks' Fashion-MNIST run: the GPU preset on a GPU, the CPU preset elsewhere (or
+    ``args.model``), ``images`` training images, small validation and train-eval sets."""
+    return TrainConfig(dataset="fashion-mnist", data_dir=args.data_dir,
+                       model=args.model or ("swin-micro" if device.type == "cuda" else "swin-nano"),
+                       epochs=args.epochs, train_subset=images, val_size=1000, train_eval_size=256,
+                       device=args.device, **changes)  # fmt: skip
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,21 +113,9 @@ def main() -> None:
     images = args.images or (50_000 if on_gpu else 5_120)
     workers = args.workers if args.workers is not None else (4 if on_gpu else 0)
     load_raw("fashion-mnist", args.data_dir)  # puts Debian's copy in torchvision's layout if needed
-    cfg = TrainConfig(
-        dataset="fashion-mnist",
-        data_dir=args.data_dir,
-        model=args.model or ("swin-micro" if on_gpu else "swin-nano"),
-        batch_size=128,
-        epochs=args.epochs,
-        train_subset=images,
-        val_size=1000,
-        train_eval_size=256,
-        device=args.device,
-    )
-    name = torch.cuda.get_device_name(device) if on_gpu else f"cpu ({torch.get_num_threads()} threads)"
-    print(
-        f"device: {name}; model {cfg.model}; {images} Fashion-MNIST images/epoch; torch {torch.__version__}"
-    )
+    cfg = fashion_config(args, device, images=images, batch_size=128)
+    print(f"device: {device_name(device)}; model {cfg.model}; {images} Fashion-MNIST images/epoch; "
+          f"torch {torch.__version__}")  # fmt: skip
 
     ref = reference(cfg, workers=workers, images=images)
     ref_32 = reference(cfg.replace(batch_size=32), workers=workers, images=images)

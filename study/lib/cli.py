@@ -98,22 +98,23 @@ def resolve_budget(args: argparse.Namespace) -> str:
     return "chosen: CUDA device found" if on_gpu else "chosen: no CUDA device"
 
 
+def parse_choices(prog: str, flag: str, text: str, choices, what: str) -> tuple[str, ...]:
+    """Comma-separated values of ``choices``, in order, without repeats; one line, exit 2, on
+    anything else."""
+    values = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if not values or any(v not in choices for v in values):
+        fail(prog, f"{flag} takes {what} of {', '.join(choices)}; got {text!r}")
+    return values
+
+
 def parse_arms(prog: str, flag: str, text: str) -> tuple[str, ...]:
-    """Comma-separated lr-scaling arms (none, linear, sqrt), in order, without repeats; one line,
-    exit 2, on anything else."""
-    arms = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
-    if not arms or any(a not in LR_SCALING_EXPONENTS for a in arms):
-        fail(prog, f"{flag} takes arms of {', '.join(LR_SCALING_EXPONENTS)}; got {text!r}")
-    return arms
+    """Comma-separated lr-scaling arms (none, linear, sqrt)."""
+    return parse_choices(prog, flag, text, tuple(LR_SCALING_EXPONENTS), "arms")
 
 
 def parse_families(prog: str, flag: str, text: str) -> tuple[str, ...]:
-    """Comma-separated model families (swin, vit, bn-cnn), in order, without repeats; one line,
-    exit 2, on anything else."""
-    families = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
-    if not families or any(f not in FAMILIES for f in families):
-        fail(prog, f"{flag} takes model families of {', '.join(FAMILIES)}; got {text!r}")
-    return families
+    """Comma-separated model families (swin, vit, bn-cnn)."""
+    return parse_choices(prog, flag, text, FAMILIES, "model families")
 
 
 def worker_argv(module: str, argv: list[str] | None, *, index: int, resolved: list[str]) -> list[str]:

@@ -183,21 +183,11 @@ def build_model(
                                  num_heads=spec.num_heads, mlp_ratio=spec.mlp_ratio, global_pool="avg",
                                  class_token=False, drop_rate=dropout, proj_drop_rate=dropout,
                                  attn_drop_rate=attn_dropout, drop_path_rate=drop_path)  # fmt: skip
-    return SwinTransformer(
-        img_size=image_size,
-        patch_size=geometry.patch_size,
-        in_chans=in_chans,
-        num_classes=num_classes,
-        embed_dim=spec.embed_dim,
-        depths=spec.depths,
-        num_heads=spec.num_heads,
-        window_size=geometry.window_size,
-        mlp_ratio=spec.mlp_ratio,
-        drop_rate=dropout,
-        proj_drop_rate=dropout,
-        attn_drop_rate=attn_dropout,
-        drop_path_rate=drop_path,
-    )
+    return SwinTransformer(img_size=image_size, patch_size=geometry.patch_size, in_chans=in_chans,
+                           num_classes=num_classes, embed_dim=spec.embed_dim, depths=spec.depths,
+                           num_heads=spec.num_heads, window_size=geometry.window_size, mlp_ratio=spec.mlp_ratio,
+                           drop_rate=dropout, proj_drop_rate=dropout, attn_drop_rate=attn_dropout,
+                           drop_path_rate=drop_path)  # fmt: skip
 
 
 def _bn_cnn(spec: CNNPreset, *, in_chans: int, num_classes: int, dropout: float, drop_path: float) -> ResNet:

@@ -72,37 +72,16 @@ HISTORY_KEYS = (
 NOISE_KEYS = ("grad_norm_sq", "grad_trace_sigma", "grad_noise_scale")
 # Recorded at each checkpoint epoch (user attr CHECKPOINTS).
 CHECKPOINT_KEYS = (
-    "train_eval_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "test_accuracy",
-    "generalization_gap",
-    "optimizer_steps",
-    "samples_seen",
-    "wall_seconds",
-    "train_seconds",
-)
+    "train_eval_loss", "train_accuracy", "val_loss", "val_accuracy", "test_accuracy", "generalization_gap",
+    "optimizer_steps", "samples_seen", "wall_seconds", "train_seconds",
+)  # fmt: skip
 # Final metrics stored as user attrs, under the names of study.train's JSON "final".
 FINAL_KEYS = (
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "generalization_gap",
-    "optimizer_steps",
-    "samples_seen",
-    "wall_seconds",
-    "train_seconds",
-    "images_per_second",
-    "peak_memory_bytes",
-    "lr",
-    "effective_batch_size",
-    "micro_batch_size",
+    "train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+    "generalization_gap", "optimizer_steps", "samples_seen", "wall_seconds", "train_seconds",
+    "images_per_second", "peak_memory_bytes", "lr", "effective_batch_size", "micro_batch_size",
     "epochs_trained",
-)
+)  # fmt: skip
 
 
 # --- writing -------------------------------------------------------------------------------------

@@ -117,19 +117,14 @@ def grid(kind: str, *, seeds: int = 3, arms=("none",), twins: bool = True, offse
         return history(batch=batch, accumulation=1, epochs=epochs, every=1,
                        progress=lambda e, s: s, shift=0.0, noise=noise((batch, seed)))  # fmt: skip
 
+    def add_plain(batch, seed):
+        add_run(study, batch=batch, accumulation=1, arm="none", seed=seed, epochs=EPOCHS, hist=plain(batch, seed))
+
     for seed in range(seeds):
         offset = (0.2 if seed % 2 == 0 else -0.15) if kind == "noise" else 0.0
         offset = offsets[seed] if offsets else offset
         for batch in BATCHES:
-            add_run(
-                study,
-                batch=batch,
-                accumulation=1,
-                arm="none",
-                seed=seed,
-                epochs=EPOCHS,
-                hist=plain(batch, seed),
-            )
+            add_plain(batch, seed)
             for arm in arms:
                 stretch = N if arm == "none" else 1
                 behind = kind in ("under-training", "both")
@@ -144,15 +139,7 @@ def grid(kind: str, *, seeds: int = 3, arms=("none",), twins: bool = True, offse
                 )
         if twins:
             for batch in (256, 512):
-                add_run(
-                    study,
-                    batch=batch,
-                    accumulation=1,
-                    arm="none",
-                    seed=seed,
-                    epochs=EPOCHS,
-                    hist=plain(batch, seed),
-                )
+                add_plain(batch, seed)
     return study
 
 
