@@ -158,5 +158,6 @@ def main(argv: list[str] | None = None) -> int:
             return code
     return 0
 
+
 if __name__ == "__main__":
     run_main(PROG, main, quiet="--worker-index" in sys.argv)  # workers leave the Ctrl-C line to their parent

@@ -211,15 +211,18 @@ def bootstrap(
     return out, list(dict.fromkeys(notes))
 
 
-def rung(trials: list[FrozenTrial]) -> int | None:
+def rung(trials: list[FrozenTrial], *, at_least: int = 0) -> int | None:
     """The last epoch that at least half of the trials (pruned ones included) reported a value at:
-    a Hyperband rung, where pruned and surviving trials are compared on the same footing."""
+    a Hyperband rung, where pruned and surviving trials are compared on the same footing. Among
+    those, the last one that ``at_least`` trials reached, when one did (the evidence importance
+    needs): a later rung with too few trials would only be declined."""
     reported = [t for t in trials if t.intermediate_values]
     if not reported:
         return None
     counts = Counter(step for t in reported for step in t.intermediate_values)
     reached = [step for step, n in counts.items() if 2 * n >= len(reported)]
-    return max(reached) if reached else None
+    enough = [step for step in reached if counts[step] >= at_least]
+    return max(enough or reached) if reached else None
 
 
 def importance(
@@ -241,7 +244,7 @@ def importance(
         views.append(
             (target.name, _target_view(complete, target.value, -1.0 if target.higher_is_better else 1.0), 0)
         )
-    if len(study.directions) == 1 and (epoch := rung(usable)) is not None:
+    if len(study.directions) == 1 and (epoch := rung(usable, at_least=min_trials(len(params)))) is not None:
         at_rung = [t for t in usable if epoch in t.intermediate_values]
         pruned = sum(t.state == TrialState.PRUNED for t in at_rung)
         sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0

@@ -99,7 +99,7 @@ DATASET_GRID_BUDGETS: dict[tuple[str, str], GridBudget] = {
         {"val_size": 5000, "train_eval_size": 5000, "eval_every": 5},
         step_matched=("none",),
         # micro-batch 32 only: its baseline makes the most steps (the others end earlier on the
-        # curve), and a step-matched run costs 4 times an equal-epoch one (the plan stays near 6 h)
+        # curve), and a step-matched run costs 4 times an equal-epoch one (docs/design.md, its cost)
         step_matched_batches=(32,),
         twins=True,
     ),

@@ -105,6 +105,10 @@ def test_the_rung_importance_uses_the_pruned_trials():
     # 16 complete (epochs 1, 3, 9), 12 pruned after epoch 3, 12 after epoch 1: 28 of 40 reach epoch 3
     study = synthetic(16, pruned_at=(3,) * 12 + (1,) * 12)
     assert rung(study.trials) == 3
+    # 6 complete, 5 pruned after epoch 3, 5 after epoch 1: epoch 3 is the rung (11 of 16), but only
+    # epoch 1 has the 12 trials importance needs for 6 parameters: the rung shown is epoch 1
+    few = synthetic(6, pruned_at=(3,) * 5 + (1,) * 5)
+    assert rung(few.trials) == 3 and rung(few.trials, at_least=12) == 1 and rung(few.trials, at_least=17) == 3
     results = by_target(importance(study, PARAMS, seed=0, resamples=10))
     at_rung = results["rung"]
     assert at_rung.target == "val_accuracy at epoch 3 (every trial that reached it)"
