@@ -68,10 +68,13 @@ def contrasts(analyses: dict[str, list[ArmAnalysis]]) -> list[Contrast]:
     return rows
 
 
-def family_summary(grids: dict[str, optuna.Study]) -> dict[str, Any]:
+def family_summary(
+    grids: dict[str, optuna.Study], analysed: dict[str, list[ArmAnalysis]] | None = None
+) -> dict[str, Any]:
     """verdict.json's ``families``: per family its arms' verdicts and its equivalence table, and the
-    contrast with the Swin."""
-    analyses = {family: analyse(grid) for family, grid in grids.items()}
+    contrast with the Swin. ``analysed``: families whose grids the caller has already analysed."""
+    analysed = analysed or {}
+    analyses = {family: analysed.get(family) or analyse(grid) for family, grid in grids.items()}
     return {
         "per_family": {
             family: {

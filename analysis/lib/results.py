@@ -269,7 +269,7 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
         blocks += tuning_blocks(tuning, searches)
     controls = {role.removeprefix("grid-"): study for role, study in studies.items() if role.startswith("grid-")}
     if controls:  # the same grid for other model families (study.grid --models)
-        summary_of_families = family_summary({"swin": grid, **controls})
+        summary_of_families = family_summary({"swin": grid, **controls}, {"swin": analyses})
         blocks += family_blocks(summary_of_families)
         verdict["families"] = summary_of_families
     if measured := noise.noise_runs(grid):  # grid runs trained with --noise-scale
