@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import subprocess
 import sys
@@ -10,6 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Under pytest-xdist (README's test command: -n 2, one worker per core) every worker and every
+# process a test starts trains on one thread: two torch processes with a thread per core each
+# slow each other down many times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
 
 
 def write_idx(path: Path, array: np.ndarray, *, gz: bool = False) -> None:
@@ -116,8 +125,6 @@ SHARED_CIFAR10_ARCHIVE = (
 
 
 def cifar10_archive() -> Path:
-    import os
-
     return Path(os.environ.get("STUDY_CIFAR10_ARCHIVE", SHARED_CIFAR10_ARCHIVE))
 
 
@@ -137,8 +144,6 @@ def require(available: bool, reason: str) -> None:
     """Skip a test whose system dependency (Chromium, PostgreSQL) is missing on this machine, but
     fail it under ``.ci/run`` (STUDY_TESTS_REQUIRE_ALL=1), which installs every dependency: CI
     never passes by skipping."""
-    import os
-
     if available:
         return
     if os.environ.get("STUDY_TESTS_REQUIRE_ALL") == "1":
