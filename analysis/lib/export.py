@@ -171,6 +171,7 @@ def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[st
     This is how an experiment resumes on another machine: its committed records stand in for the
     database it ran on. Returns the study name and the number of trials added."""
     import json
+    from datetime import datetime
 
     from optuna.trial import TrialState, create_trial
 
@@ -196,24 +197,26 @@ def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[st
             continue
         state = TrialState[record["state"]]
         values = record["values"]
-        study.add_trial(
-            create_trial(
-                state=state,
-                params=record["params"],
-                distributions={
-                    k: optuna.distributions.json_to_distribution(d)
-                    for k, d in record["distributions"].items()
-                },
-                # a COMPLETE trial's values; PRUNED and FAIL trials carry none
-                values=[float("nan") if v is None else v for v in values]
-                if values and state == TrialState.COMPLETE
-                else None,
-                intermediate_values={
-                    int(k): v for k, v in record["intermediate_values"].items() if v is not None
-                },
-                user_attrs=record["user_attrs"],
-            )
+        trial = create_trial(
+            state=state,
+            params=record["params"],
+            distributions={
+                k: optuna.distributions.json_to_distribution(d) for k, d in record["distributions"].items()
+            },
+            # a COMPLETE trial's values; PRUNED and FAIL trials carry none
+            values=[float("nan") if v is None else v for v in values]
+            if values and state == TrialState.COMPLETE
+            else None,
+            intermediate_values={
+                int(k): v for k, v in record["intermediate_values"].items() if v is not None
+            },
+            user_attrs=record["user_attrs"],
         )
+        # when the trial ran, not when it was imported (the report's timelines read these)
+        for name in ("datetime_start", "datetime_complete"):
+            if record.get(name):
+                setattr(trial, name, datetime.fromisoformat(record[name]))
+        study.add_trial(trial)
         present.add(key)
         added += 1
     return header["study"], added
