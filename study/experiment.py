@@ -21,9 +21,10 @@ from pathlib import Path
 
 import optuna
 
-from study.lib.cli import ArgumentParser, fail, parse_arms, parse_families
+from study.lib.cli import ArgumentParser, fail, parse_arms, parse_choices, parse_families
 from study.lib.config import DATASET_SIZES
 from study.lib.experiment import Step, steps, study_names
+from study.lib.grid import BATCH_SIZES
 from study.lib.session import BUDGETS
 from study.lib.storage import STORAGE_ENV, StorageError, mask, open_storage, resolve_url, study_exists
 from study.lib.workers import EXIT_INTERRUPTED, run_main, settled
@@ -49,9 +50,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--lr-scaling", default="none,linear,sqrt", help="grid arms (default: none,linear,sqrt)"
     )
-    parser.add_argument("--models", default="swin",
+    parser.add_argument("--models", default="swin,vit,bn-cnn",
                         help="model families: swin (the experiment's model, always run) and the controls vit and "
-                        "bn-cnn, each given the grid of the same design after the Swin's replication (default: swin)")  # fmt: skip
+                        "bn-cnn, each given the grid of the same design, reduced to --control-batch-sizes, after "
+                        "the Swin's replication (default: swin,vit,bn-cnn; swin alone skips the controls)")  # fmt: skip
+    parser.add_argument("--control-batch-sizes", default="32",
+                        help="the controls' micro-batches, with their step-matched runs and twins as in the Swin's "
+                        "grid (default: 32, the micro-batch whose baseline makes the most steps)")  # fmt: skip
     parser.add_argument("--control-lr-scaling", default="none",
                         help="the controls' grid arms (default: none, the paper's; their search is the Swin's)")  # fmt: skip
     parser.add_argument("--n-trials", type=int, default=16,
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     arms = list(parse_arms(PROG, "--lr-scaling", args.lr_scaling))
     controls = tuple(f for f in parse_families(PROG, "--models", args.models) if f != "swin")
     control_arms = parse_arms(PROG, "--control-lr-scaling", args.control_lr_scaling)
+    control_batches = parse_choices(PROG, "--control-batch-sizes", args.control_batch_sizes,
+                                    tuple(map(str, BATCH_SIZES)), "micro-batches")  # fmt: skip
     out = Path(args.out or f"results/{args.dataset}-{args.budget}")
     if out.exists() and not out.is_dir():
         fail(PROG, f"--out {out} is a file; give a folder")
@@ -134,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = steps(dataset=args.dataset, budget=args.budget, accumulation=args.accumulation_steps, seeds=args.seeds,
                  arms=arms, n_trials=remaining, replicate_seeds=args.replicate_seeds, workers=args.workers,
                  device=args.device, data_dir=args.data_dir, quiet=args.quiet, controls=controls,
-                 control_arms=control_arms)  # fmt: skip
+                 control_arms=control_arms, control_batches=control_batches)  # fmt: skip
     for step in plan:
         run_step(step, env)
 

@@ -25,12 +25,13 @@ from study.lib.cli import (
     checkpoints,
     fail,
     parse_arms,
+    parse_choices,
     parse_families,
     resolve_budget,
 )
 from study.lib.config import DATASET_SIZES
 from study.lib.data import DataError, load_raw
-from study.lib.grid import GRID_BUDGETS, grid_design, grid_plan
+from study.lib.grid import BATCH_SIZES, GRID_BUDGETS, grid_design, grid_plan
 from study.lib.session import StudyError, execute
 from study.lib.storage import StorageError, resolve_url
 from study.lib.workers import run_main
@@ -65,6 +66,12 @@ def build_parser() -> ArgumentParser:
         help="comma-separated arms whose accumulated runs train N times the epochs, as many optimizer "
         "steps as their baseline (each such run costs N equal-epoch runs; an empty value: no arm). "
         "Default: the budget's (cifar10 cpu: none, the paper's unscaled arm; others: no arm)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default=",".join(map(str, BATCH_SIZES)),
+        help="comma-separated micro-batches of the paper's 32,64,128, for a reduced design; the twins are "
+        "those of these micro-batches (default: all three)",
     )
     parser.add_argument(
         "--twins",
@@ -118,6 +125,8 @@ def check(args: argparse.Namespace) -> tuple[str, ...]:
     if not args.base_lr > 0:
         fail(PROG, f"--base-lr must be > 0; got {args.base_lr:g}")
     arms = parse_arms(PROG, "--lr-scaling", args.lr_scaling)
+    choices = tuple(map(str, BATCH_SIZES))
+    args.batch_sizes = tuple(int(b) for b in parse_choices(PROG, "--batch-sizes", args.batch_sizes, choices, "micro-batches"))
     args.models = parse_families(PROG, "--models", args.models)
     if args.study_name and len(args.models) > 1:
         fail(PROG, "--study-name names one grid; give one family in --models, or leave the default names")
@@ -142,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         design = grid_design(
             dataset=args.dataset, accumulation=args.accumulation_steps, seeds=args.seeds, budget=args.budget,
             base_lr=args.base_lr, arms=arms, step_matched=args.step_matched, twins=args.twins,
-            noise_scale=args.noise_scale, family=family,
+            noise_scale=args.noise_scale, family=family, batches=tuple(sorted(args.batch_sizes)),
         )  # fmt: skip
         try:
             plan = grid_plan(

@@ -11,7 +11,7 @@ from tests.conftest import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 ARGS = ["--dataset", "digits", "--budget", "quick", "--seeds", "2", "--lr-scaling", "none,linear"]
-ARGS += ["--n-trials", "4", "--replicate-seeds", "2", "--device", "cpu", "--quiet"]
+ARGS += ["--n-trials", "4", "--replicate-seeds", "2", "--models", "swin,bn-cnn", "--device", "cpu", "--quiet"]
 
 
 def experiment(tmp_path, db: str, *extra: str):
@@ -50,6 +50,7 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
         "records/search-x1.jsonl",
         "records/search-x4.jsonl",
         "records/replicate.jsonl",
+        "records/grid-bn-cnn.jsonl",
     ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert list((out / "figures").glob("*.png")), "no figure"
@@ -78,7 +79,12 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
     url = f"sqlite:///{tmp_path / 'a.db'}"
     before = counts(url)
     assert before == {"digits-grid-quick": 18, "digits-overfitting-quick-accumulation_steps=1": 4,
-                      "digits-overfitting-quick-accumulation_steps=4": 4, "digits-overfitting-quick-tuned": 4}  # fmt: skip
+                      "digits-overfitting-quick-accumulation_steps=4": 4, "digits-overfitting-quick-tuned": 4,
+                      "digits-grid-quick-bn-cnn": 4}  # fmt: skip
+    # the control's grid is the Swin's design reduced to micro-batch 32 (arm none): 2 seeds x (32 x 1, 32 x 4)
+    control = optuna.load_study(study_name="digits-grid-quick-bn-cnn", storage=url)
+    assert {(t.params["batch_size"], t.params["accumulation_steps"]) for t in control.trials} == {(32, 1), (32, 4)}
+    assert [f["family"] for f in verdict["families"]["contrast"]] and set(verdict["families"]["per_family"]) == {"swin", "bn-cnn"}
 
     # The same command again: nothing is run twice.
     again = experiment(tmp_path, "a.db")
@@ -94,6 +100,8 @@ def test_experiment_writes_every_result_and_resumes(tmp_path):
     assert after == before
     grid = optuna.load_study(study_name="digits-grid-quick", storage=f"sqlite:///{tmp_path / 'b.db'}")
     assert all(t.state == TrialState.COMPLETE and t.user_attrs["history"] for t in grid.trials)
+    ran = optuna.load_study(study_name="digits-grid-quick", storage=url).trials
+    assert sorted(t.datetime_complete for t in grid.trials) == sorted(t.datetime_complete for t in ran)  # not import time
 
 
 @pytest.mark.parametrize(
@@ -138,3 +146,4 @@ def test_the_control_families_get_the_grid_of_the_same_design_after_the_swins_re
         assert flags[flags.index("--models") + 1] == family and flags[flags.index("--lr-scaling") + 1] == "none"
         assert flags[flags.index("--study-name") + 1] == names[f"grid-{family}"] == f"cifar10-grid-cpu-{family}"
         assert flags[flags.index("--seeds") + 1] == "5" and "--noise-scale" not in flags
+        assert flags[flags.index("--batch-sizes") + 1] == "32"  # the reduced design (docs/design.md)

@@ -130,6 +130,7 @@ def test_step_matched_runs_make_their_baselines_steps_and_twins_join_the_grid(tm
         (["--budget", "huge"], "invalid choice: 'huge'"),
         (["--models", "swin,resnet"], "--models takes model families of swin, vit, bn-cnn"),
         (["--models", "swin,vit", "--study-name", "g"], "--study-name names one grid"),
+        (["--batch-sizes", "32,48"], "--batch-sizes takes micro-batches of 32, 64, 128"),
     ],
 )
 def test_grid_bad_input(tmp_path, args, message):
@@ -176,6 +177,16 @@ def test_cifar10_cpu_design_step_matches_micro_batch_32_only():
     # per seed: 3 baselines, 3 x 3 accumulated runs, the twins 256 x 1 and 512 x 1
     assert len(design.runs) == 5 * 14
     assert {r["epochs"] for r in design.runs} == {200, 800}
+
+
+def test_a_reduced_design_keeps_its_micro_batches_step_matched_runs_and_twins():
+    from study.lib.grid import grid_design
+
+    design = grid_design(dataset="cifar10", accumulation=4, seeds=5, budget="cpu", base_lr=1e-3, batches=(32,))
+    per_seed = sorted((r["batch_size"], r["accumulation_steps"], r["epochs"]) for r in design.runs if r["seed"] == 0)
+    # the baseline, its step-matched accumulated run, and its twin 128 x 1 (no micro-batch 128 run here)
+    assert per_seed == [(32, 1, 200), (32, 4, 800), (128, 1, 200)]
+    assert len(design.runs) == 5 * 3 and "batch (32,)" in design.description
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ of the same design and sharing nothing. Read here:
 
 * **the verdict per family** (``analysis.lib.overfitting.analyse`` on each family's grid);
 * **the family contrast**: a control family's accumulation effect at matched training progress
-  minus the Swin's, per lr-scaling arm, at equal training loss (validation loss) and at the best
+  minus the Swin's on the same micro-batches (a control may run a reduced design: the Swin's grid
+  is then read on the control's micro-batches only), per lr-scaling arm, at equal training loss (validation loss) and at the best
   epoch (best validation loss, and the rise after it). The families' runs are independent (a seed
   index does not pair runs of different models), so the interval is Welch's over the two families'
   per-seed effects; n is the smaller number of seeds;
@@ -42,6 +43,7 @@ class Contrast:
     swin: MeanCI
     other: MeanCI
     difference: MeanCI  # other - swin
+    micro_batches: list[int]  # the cells compared: the control's micro-batches
 
 
 def effects(a: ArmAnalysis) -> dict[tuple[str, str], MeanCI]:
@@ -52,20 +54,41 @@ def effects(a: ArmAnalysis) -> dict[tuple[str, str], MeanCI]:
     return out
 
 
-def contrasts(analyses: dict[str, list[ArmAnalysis]]) -> list[Contrast]:
-    """Every control family's effects against the Swin's, arm by arm, where both exist."""
-    reference = {a.arm: effects(a) for a in analyses.get(REFERENCE, [])}
+def contrasts(
+    analyses: dict[str, list[ArmAnalysis]], references: dict[str, list[ArmAnalysis]] | None = None
+) -> list[Contrast]:
+    """Every control family's effects against the Swin's, arm by arm, where both exist.
+    ``references``: per control family, the Swin's analysis on that family's micro-batches (a
+    reduced design is compared with the same cells of the Swin's grid); the Swin's whole grid
+    where none is given."""
+    references = references or {}
     rows = []
     for family, arms in analyses.items():
         if family == REFERENCE:
             continue
+        reference = {a.arm: effects(a) for a in references.get(family, analyses.get(REFERENCE, []))}
         for a in arms:
             mine, ref = effects(a), reference.get(a.arm, {})
             for where, metric in CONTRASTED:
                 key = (where, metric)
                 if key in mine and key in ref:
-                    rows.append(Contrast(family, a.arm, where, metric, ref[key], mine[key], difference(ref[key], mine[key])))
+                    rows.append(Contrast(family, a.arm, where, metric, ref[key], mine[key],
+                                         difference(ref[key], mine[key]), a.batch_sizes))  # fmt: skip
     return rows
+
+
+def swin_on_the_same_cells(
+    grids: dict[str, optuna.Study], analyses: dict[str, list[ArmAnalysis]]
+) -> dict[str, list[ArmAnalysis]]:
+    """Per control family whose micro-batches are fewer than the Swin's: the Swin's grid analysed
+    on that family's micro-batches only, so that the contrast compares like with like."""
+    swin = {b for a in analyses.get(REFERENCE, []) for b in a.batch_sizes}
+    out = {}
+    for family, arms in analyses.items():
+        mine = sorted({b for a in arms for b in a.batch_sizes})
+        if family != REFERENCE and mine and set(mine) != swin and REFERENCE in grids:
+            out[family] = analyse(grids[REFERENCE], batch_sizes=mine)
+    return out
 
 
 def family_summary(
@@ -83,7 +106,7 @@ def family_summary(
             }
             for family, arms in analyses.items()
         },
-        "contrast": [c.__dict__ for c in contrasts(analyses)],
+        "contrast": [c.__dict__ for c in contrasts(analyses, swin_on_the_same_cells(grids, analyses))],
     }
 
 
@@ -91,8 +114,8 @@ def family_blocks(summary: dict[str, Any]) -> list[Block]:
     """The report's section: verdicts per family, the contrast, and (b x N) against (bN x 1)."""
     per = summary["per_family"]
     verdicts = [[family, a["arm"], a["verdict"], str(len(a["seeds"]))] for family, f in per.items() for a in f["arms"]]
-    contrast = [[c["family"], c["arm"], f"{c['metric']} {c['where']}", c["swin"].format(), c["other"].format(),
-                 c["difference"].format()] for c in summary["contrast"]]  # fmt: skip
+    contrast = [[c["family"], c["arm"], ", ".join(map(str, c["micro_batches"])), f"{c['metric']} {c['where']}",
+                 c["swin"].format(), c["other"].format(), c["difference"].format()] for c in summary["contrast"]]  # fmt: skip
     equal = [[family, f"{t['micro_batch']} x {t['accumulation_steps']} vs {t['micro_batch'] * t['accumulation_steps']} x 1",
               f"{t['max_train_loss_difference']:.2e}", str(t["identical_through_epoch"]),
               t["val_accuracy_difference"].format(4)] for family, f in per.items() for t in f["equivalence"]]  # fmt: skip
@@ -103,8 +126,9 @@ def family_blocks(summary: dict[str, Any]) -> list[Block]:
         Table(["family", "arm", "verdict", "seeds"], verdicts),
         Paragraph("The family contrast: each effect of accumulation (accumulated minus baseline, at matched "
                   "training progress) in the control family minus the Swin's, with a Welch 95% interval over "
-                  "the two families' seeds. An interval that excludes 0 means the effect depends on the model."),
-        Table(["family", "arm", "effect", "swin", "family", "family - swin"], contrast),
+                  "the two families' seeds, on the control's micro-batches (the Swin's grid read on the same cells). "
+                  "An interval that excludes 0 means the effect depends on the model."),
+        Table(["family", "arm", "micro-batches", "effect", "swin", "family", "family - swin"], contrast),
         Paragraph("(b x N) against (bN x 1): the same update with LayerNorm, so the differences are round-off; with "
                   "BatchNorm each micro-batch is normalized with its own statistics, so they differ. The signed "
                   "difference in validation accuracy (b x N minus bN x 1, last common epoch, paired by seed) says "

@@ -477,9 +477,12 @@ def analyse_arm(
     )  # fmt: skip
 
 
-def analyse(study: optuna.Study, *, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[ArmAnalysis]:
-    """One analysis per lr-scaling arm of a grid study (arms from the study, else from its runs)."""
-    runs = runs_from_study(study)
+def analyse(
+    study: optuna.Study, *, thresholds: Thresholds = DEFAULT_THRESHOLDS, batch_sizes: list[int] | None = None
+) -> list[ArmAnalysis]:
+    """One analysis per lr-scaling arm of a grid study (arms from the study, else from its runs);
+    ``batch_sizes``: only the pairs of these micro-batches (all when None)."""
+    runs = [r for r in runs_from_study(study) if batch_sizes is None or r.batch_size in batch_sizes]
     values = sorted({r.accumulation_steps for r in runs if r.accumulation_steps != 1})
     points = study.user_attrs.get(records.EPOCH_POINTS) or sorted({r.last_epoch for r in runs})
     arms = study.user_attrs.get(records.ARMS) or sorted(

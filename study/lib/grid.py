@@ -120,14 +120,16 @@ def grid_runs(
     step_matched: tuple[str, ...] = (),
     step_matched_batches: tuple[int, ...] | None = None,
     twins: bool = False,
+    batches: tuple[int, ...] = BATCH_SIZES,
 ) -> list[dict[str, Any]]:
-    """Every run of a grid, as the parameters of its trial: per seed and micro-batch the
-    accumulation-1 run (lr scaling "none", the same lr under every rule), then the accumulated run
-    of each arm (N x ``epochs`` in the ``step_matched`` arms, for the ``step_matched_batches``
-    micro-batches, all when None); then the (bN x 1) twins missing from the micro-batches."""
+    """Every run of a grid, as the parameters of its trial: per seed and micro-batch (of
+    ``batches``, the paper's by default) the accumulation-1 run (lr scaling "none", the same lr
+    under every rule), then the accumulated run of each arm (N x ``epochs`` in the ``step_matched``
+    arms, for the ``step_matched_batches`` micro-batches, all when None); then the (bN x 1) twins
+    missing from the micro-batches."""
     runs = []
     for seed in range(seeds):
-        for batch in BATCH_SIZES:
+        for batch in batches:
             stretched = step_matched if step_matched_batches is None or batch in step_matched_batches else ()
             runs.append(_run(batch, 1, "none", seed, epochs))
             runs += [
@@ -135,13 +137,13 @@ def grid_runs(
                 for arm in arms
             ]
         if twins:
-            runs += [_run(b * accumulation, 1, "none", seed, epochs) for b in twin_batches(accumulation)]
+            runs += [_run(b * accumulation, 1, "none", seed, epochs) for b in twin_batches(accumulation, batches)]
     return runs
 
 
-def twin_batches(accumulation: int) -> list[int]:
+def twin_batches(accumulation: int, batches: tuple[int, ...] = BATCH_SIZES) -> list[int]:
     """Micro-batches whose (b N x 1) twin is not already a micro-batch of the grid."""
-    return [b for b in BATCH_SIZES if b * accumulation not in BATCH_SIZES]
+    return [b for b in batches if b * accumulation not in batches]
 
 
 def _run(batch: int, accumulation: int, arm: str, seed: int, epochs: int) -> dict[str, Any]:
@@ -191,11 +193,13 @@ def grid_design(
     twins: bool | None = None,
     noise_scale: bool = False,
     family: str = "swin",
+    batches: tuple[int, ...] = BATCH_SIZES,
 ) -> GridDesign:
     """The grid: batch_size x accumulation_steps x lr_scaling x seed (x epochs, for step-matched
     runs) at the budget's scale for ``dataset``; ``step_matched`` and ``twins`` default to the
     budget's; ``noise_scale`` makes every run measure the gradient noise scale (study.lib.noise);
-    ``family`` takes the budget's preset size in another model family (the same design)."""
+    ``family`` takes the budget's preset size in another model family (the same design);
+    ``batches``: the micro-batches, a subset of the paper's (a reduced design)."""
     from study.lib.model import family_preset  # the model imports torch; a design need not
 
     scale = grid_budget(budget, dataset)
@@ -224,6 +228,7 @@ def grid_design(
         step_matched=step_matched,
         step_matched_batches=scale.step_matched_batches,
         twins=twins,
+        batches=batches,
     )
     choices = {
         "batch_size": tuple(sorted({r["batch_size"] for r in runs} | set(BATCH_SIZES))),
@@ -234,7 +239,7 @@ def grid_design(
     }
     scaled = [a for a in arms if a != "none"]
     description = (
-        f"The paper's fixed grid: batch {BATCH_SIZES} x accumulation (1, {accumulation}) x epochs {points}, "
+        f"The paper's fixed grid: batch {batches} x accumulation (1, {accumulation}) x epochs {points}, "
         f"{seeds} seed(s); Adam, constant lr {base_lr:g}, no regularization, "
         + (f"no lr scaling, and arms whose accumulated runs scale the lr ({', '.join(scaled)})" if scaled else "no lr scaling")
         + (f"; accumulated runs of {', '.join(step_matched)}"

@@ -98,10 +98,14 @@ def add_run(study, *, batch, accumulation, arm, seed, epochs, hist):
     )
 
 
-def grid(kind: str, *, seeds: int = 3, arms=("none",), twins: bool = True, offsets=None) -> optuna.Study:
+def grid(
+    kind: str, *, seeds: int = 3, arms=("none",), twins: bool = True, offsets=None, batches=BATCHES, batch_shifts=None
+) -> optuna.Study:
     """A grid study whose accumulated runs behave as ``kind`` says (module docstring); the
     unscaled arm is step-matched and the (bN x 1) twins are there unless ``twins`` is False.
-    ``offsets`` (seed -> shift of V(L)) plants a seed-level effect on the accumulated runs."""
+    ``offsets`` (seed -> shift of V(L)) plants a seed-level effect on the accumulated runs,
+    ``batch_shifts`` (micro-batch -> shift) one on those of a micro-batch; ``batches``: the
+    micro-batches (a reduced design)."""
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("kind", "grid")
     study.set_user_attr("dataset", "cifar10")
@@ -123,14 +127,14 @@ def grid(kind: str, *, seeds: int = 3, arms=("none",), twins: bool = True, offse
     for seed in range(seeds):
         offset = (0.2 if seed % 2 == 0 else -0.15) if kind == "noise" else 0.0
         offset = offsets[seed] if offsets else offset
-        for batch in BATCHES:
+        for batch in batches:
             add_plain(batch, seed)
             for arm in arms:
                 stretch = N if arm == "none" else 1
                 behind = kind in ("under-training", "both")
                 f = ARM_FACTOR[arm]
                 progress = (lambda e, s, f=f: s * f) if behind else (lambda e, s, b=batch: e * IMAGES // b)
-                shift = {"overfitting": 0.15, "both": 0.15}.get(kind, offset)
+                shift = {"overfitting": 0.15, "both": 0.15}.get(kind, offset) + (batch_shifts or {}).get(batch, 0.0)
                 key = (batch * N, seed) if behind and arm == "none" else (batch, N, arm, seed)
                 hist = history(batch=batch, accumulation=N, epochs=EPOCHS * stretch, every=stretch,
                                progress=progress, shift=shift, noise=noise(key))  # fmt: skip
@@ -138,7 +142,7 @@ def grid(kind: str, *, seeds: int = 3, arms=("none",), twins: bool = True, offse
                     study, batch=batch, accumulation=N, arm=arm, seed=seed, epochs=EPOCHS * stretch, hist=hist
                 )
         if twins:
-            for batch in (256, 512):
+            for batch in (b * N for b in batches if b * N not in batches):
                 add_plain(batch, seed)
     return study
 

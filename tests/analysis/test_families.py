@@ -36,6 +36,22 @@ def test_a_family_that_overfits_differs_from_an_under_trained_swin_and_a_like_on
     assert {c.arm for c in rows} == {"none"} and {c.family for c in rows} == {"vit", "bn-cnn"}
 
 
+def test_a_reduced_control_is_contrasted_with_the_swins_same_micro_batches():
+    # the Swin's accumulated runs at 64 and 128 carry an extra +0.3 at equal training loss; a
+    # control run at micro-batch 32 alone, behaving like the Swin's 32, must contrast near 0
+    swin = grid("under-training", seeds=5, batch_shifts={64: 0.3, 128: 0.3})
+    control = grid("under-training", seeds=5, batches=(32,))
+    summary = family_summary({"swin": swin, "vit": control})
+    (row,) = [c for c in summary["contrast"] if c["where"] == "at equal training loss"]
+    assert row["micro_batches"] == [32]
+    assert row["difference"].low < 0 < row["difference"].high and abs(row["difference"].mean) < 0.05
+    # against the Swin's whole grid the same control would look clearly better: the cells matter
+    (whole,) = [c for c in contrasts({"swin": analyse(swin), "vit": analyse(control)}) if c.where == "at equal training loss"]
+    assert whole.difference.high < -0.1
+    # the control's own twins are those of its micro-batch: 32 x 4 against 128 x 1
+    assert [(t["micro_batch"], t["accumulation_steps"]) for t in summary["per_family"]["vit"]["equivalence"]] == [(32, 4)]
+
+
 def test_results_have_a_section_and_a_json_entry_per_family(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     for name, kind in (("g", "under-training"), ("g-vit", "overfitting")):
