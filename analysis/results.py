@@ -2,7 +2,8 @@
 
 Written by ``python -m study.experiment`` at its end, or at any time, on whatever has finished, by
 this command: ``report.md`` with its figures, ``verdict.json``, the CSV tables and the trial
-records (``analysis.lib.results.write_results`` says what each file holds). It only reads the storage.
+records (``analysis.lib.results.write_results`` says what each file holds); with ``--tables-only``
+the records and tables alone, for an experiment still running. It only reads the storage.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         "--accumulation-steps", type=int, default=4, help="the experiment's value besides 1 (default: 4)"
     )
     parser.add_argument("--out", help="default: results/DATASET-BUDGET")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="only the records and CSV tables, no report, verdict or figures: what to commit of an "
+                        "experiment still running, so that it resumes on another machine")  # fmt: skip
     add_storage_flag(parser)
     args = parser.parse_args(argv)
     out = Path(args.out or f"results/{args.dataset}-{args.budget}")
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         url = resolve_url(args.storage)
-        written = write_results(url, study_names(args.dataset, args.budget, args.accumulation_steps), out)
+        names = study_names(args.dataset, args.budget, args.accumulation_steps)
+        written = write_results(url, names, out, tables_only=args.tables_only)
     except (StorageError, StudyError) as exc:
         fail(parser.prog, str(exc))
     for path in written:

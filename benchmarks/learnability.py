@@ -1,7 +1,7 @@
 """Does the Swin learn the task? Candidate presets and geometries against non-Swin references.
 
-Every candidate trains with the paper's baseline recipe (Adam, constant lr 1e-3, batch 32, no
-accumulation, no weight decay, dropout or drop-path) on the same split of the same data; beside
+Every candidate trains with the paper's baseline recipe (Adam, constant lr 1e-3 or --base-lr,
+batch 32, no accumulation, no weight decay, dropout or drop-path) on the same split of the same data; beside
 them, on that split, two references a reader knows: scikit-learn's logistic regression on the
 pixels, and a 784-256-10 MLP trained in the same loop (same batches, same optimizer). A Swin that
 ends below the logistic regression has not learned the task at this budget, and a study run on it
@@ -201,6 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--base-lr",
+        type=float,
+        default=1e-3,
+        help="Adam's constant lr for every model (default: 1e-3, the grid's baseline)",
+    )
+    parser.add_argument(
         "--candidates",
         default=",".join(DEFAULT_CANDIDATES),
         help=f"comma-separated, of: {', '.join(CANDIDATES)} (default: {','.join(DEFAULT_CANDIDATES)})",
@@ -228,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=32,
         accumulation_steps=1,
         optimizer="adam",
-        base_lr=1e-3,
+        base_lr=args.base_lr,
         lr_scaling="none",
         schedule="constant",
         epochs=args.epochs,
@@ -240,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"{args.dataset}: {args.train_subset} training and {args.val_size} validation images, {args.epochs} epochs, "
-        f"Adam lr 1e-3, batch 32, seed {args.seed}; cpu, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        f"Adam lr {args.base_lr:g}, batch 32, seed {args.seed}; cpu, {torch.get_num_threads()} threads, torch {torch.__version__}",
         flush=True,
     )
     rows = []

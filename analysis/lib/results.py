@@ -211,7 +211,9 @@ def scale(grid: optuna.Study) -> dict[str, Any]:
         "budget": grid.user_attrs.get(records.BUDGET),
         "model": first.get("model"),
         "train_subset": first.get("train_subset"),
-        "validation_images": validation_size(first["dataset"], first["val_size"]) if "val_size" in first else None,
+        "validation_images": validation_size(first["dataset"], first["val_size"])
+        if "val_size" in first
+        else None,
         "train_eval_size": first.get("train_eval_size"),
         "augment": first.get("augment"),
         "epoch_points": grid.user_attrs.get(records.EPOCH_POINTS),
@@ -267,7 +269,9 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     }
     if tuning:
         blocks += tuning_blocks(tuning, searches)
-    controls = {role.removeprefix("grid-"): study for role, study in studies.items() if role.startswith("grid-")}
+    controls = {
+        role.removeprefix("grid-"): study for role, study in studies.items() if role.startswith("grid-")
+    }
     if controls:  # the same grid for other model families (study.grid --models)
         summary_of_families = family_summary({"swin": grid, **controls}, {"swin": analyses})
         blocks += family_blocks(summary_of_families)
@@ -313,19 +317,23 @@ def write_tables(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     for role, study in studies.items():
         written.append(write_records(study, out / "records" / f"{role}.jsonl"))
         written.append(
-            write_csv(run_rows(study), out / f"{role}-{'trials' if role.startswith('search') else 'runs'}.csv")
+            write_csv(
+                run_rows(study), out / f"{role}-{'trials' if role.startswith('search') else 'runs'}.csv"
+            )
         )
         if role != "replicate":
             written.append(write_csv(history_rows(study), out / f"{role}-history.csv"))
     return written
 
 
-def write_results(url: str, names: dict[str, str], out: Path) -> list[Path]:
+def write_results(url: str, names: dict[str, str], out: Path, *, tables_only: bool = False) -> list[Path]:
     """Write everything of the module docstring under ``out``; returns the paths written.
 
     ``names`` maps roles (``grid``, ``search``, ``replicate``) to study names, as
     ``study.lib.experiment.study_names`` gives them; the studies absent are skipped, except the
-    grid.
+    grid. ``tables_only``: the records and CSV tables alone, no report, verdict or figures (what to
+    commit of an experiment still running: its records let it resume on another machine, and a
+    verdict on part of its seeds would read as an answer).
 
     Raises:
         StudyError: the storage is unusable, or holds no grid study ``names["grid"]``.
@@ -335,5 +343,6 @@ def write_results(url: str, names: dict[str, str], out: Path) -> list[Path]:
         raise StudyError(f"no grid study {names['grid']!r} in the storage: run study.experiment first")
     out.mkdir(parents=True, exist_ok=True)
     written = write_tables(studies, out)
-    written += write_answer(studies, out)
+    if not tables_only:
+        written += write_answer(studies, out)
     return written

@@ -50,3 +50,21 @@ def test_results_without_a_grid_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "no grid study 'fashion-mnist-grid-cpu'" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_tables_only_writes_the_records_and_no_verdict(tmp_path):
+    url = stored(tmp_path, "under-training", name="fashion-mnist-grid-cpu")
+    db = tmp_path / "v.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    proc = results(
+        "--dataset", "fashion-mnist", "--budget", "cpu", "--storage", url, "--out", str(out), "--tables-only"
+    )
+    assert proc.returncode == 0, proc.stderr
+    written = proc.stdout.splitlines()
+    assert sorted(written) == sorted(
+        str(out / n) for n in ("records/grid.jsonl", "grid-runs.csv", "grid-history.csv")
+    )
+    assert not (out / "report.md").exists() and not (out / "verdict.json").exists()
+    assert not (out / "figures").exists()
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before
