@@ -3,7 +3,7 @@
 Every candidate trains with the paper's baseline recipe (Adam, constant lr 1e-3 or --base-lr,
 batch 32, no accumulation, no weight decay, dropout or drop-path) on the same split of the same data; beside
 them, on that split, two references a reader knows: scikit-learn's logistic regression on the
-pixels, and a 784-256-10 MLP trained in the same loop (same batches, same optimizer). A Swin that
+pixels, and a 256-unit MLP trained in the same loop (same batches, same optimizer). A Swin that
 ends below the logistic regression has not learned the task at this budget, and a study run on it
 would find "under-training" by construction.
 
@@ -23,18 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
+from benchmarks.references import MLP_WIDTH, cpu_seconds, logistic_regression, register
 from study.lib.cli import render_table
 from study.lib.config import TrainConfig
-from study.lib.data import epoch_batches, load_raw, make_splits, normalize
+from study.lib.data import load_raw
 from study.lib.model import PRESETS, Geometry, SwinPreset
 from study.lib.train import EpochMetrics, train
 
@@ -61,12 +59,6 @@ DEFAULT_CANDIDATES = ("nano-28p2w7", "nano-p4w4", "mini-p4w4", "micro-p4w4")
 THRESHOLDS = (0.80, 0.85, 0.88)
 
 
-def cpu_seconds() -> float:
-    """CPU seconds of this process (user + system, every thread)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 @dataclass
 class Row:
     name: str
@@ -85,10 +77,10 @@ class Row:
         return None
 
 
-def run_swin(name: str, cfg: TrainConfig, raw) -> Row:
-    preset, geometry = CANDIDATES[name]
-    if cfg.precision != "fp32":
-        name = f"{name} {cfg.precision}"
+def run_model(name: str, cfg: TrainConfig, raw, geometry: Geometry | None = None) -> Row:
+    """Train ``cfg.model`` in ``study.lib.train.train`` and record its validation accuracy per epoch."""
+    if cfg.precision == "bf16":
+        name = f"{name} bf16"
     row = Row(name, 0)
     start_cpu = cpu_seconds()
 
@@ -101,64 +93,29 @@ def run_swin(name: str, cfg: TrainConfig, raw) -> Row:
             file=sys.stderr,
         )
 
-    result = train(cfg.replace(model=preset), on_epoch=on_epoch, raw=raw, geometry=geometry)
+    result = train(cfg, on_epoch=on_epoch, raw=raw, geometry=geometry)
     row.parameters = result.num_parameters
     row.images_per_second = result.final["images_per_second"]
     row.steps_per_epoch = result.history[0].optimizer_steps
     return row
 
 
+def run_swin(name: str, cfg: TrainConfig, raw) -> Row:
+    preset, geometry = CANDIDATES[name]
+    return run_model(name, cfg.replace(model=preset), raw, geometry)
+
+
 def run_mlp(cfg: TrainConfig, raw) -> Row:
-    """A 784-256-10 MLP in the same loop: same split, same batches (epoch_batches), Adam 1e-3."""
-    torch.manual_seed(cfg.seed)
-    data = make_splits(cfg, torch.device("cpu"), raw)
-    n_in = data.channels * data.image_size**2
-    model = torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(n_in, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.base_lr)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    row = Row("mlp-784-256-10", sum(p.numel() for p in model.parameters()))
-    start_cpu, trained, seen = cpu_seconds(), 0.0, 0
-    for _ in range(cfg.epochs):
-        tick = time.perf_counter()
-        for (idx,) in epoch_batches(
-            len(data.train_labels),
-            effective_batch_size=cfg.batch_size,
-            micro_batch_size=cfg.batch_size,
-            generator=generator,
-        ):
-            loss = F.cross_entropy(
-                model(normalize(data.train_images[idx], data.mean, data.std)), data.train_labels[idx]
-            )
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            seen += len(idx)
-        trained += time.perf_counter() - tick
-        with torch.no_grad():
-            logits = model(normalize(data.val_images, data.mean, data.std))
-        row.val_accuracy.append((logits.argmax(1) == data.val_labels).float().mean().item())
-        row.train_seconds.append(trained)
-        row.cpu_seconds.append(cpu_seconds() - start_cpu)
-    row.images_per_second = seen / trained
-    row.steps_per_epoch = len(data.train_labels) // cfg.batch_size
-    return row
+    """The 256-unit MLP (``benchmarks.references``) in the Swin's loop: same split, batches, optimizer;
+    it sees the images as the Swin does (MNIST-sized ones zero-padded to 32 px)."""
+    return run_model(f"mlp-{MLP_WIDTH}", cfg.replace(model=f"mlp-{MLP_WIDTH}"), raw)
 
 
 def run_logistic_regression(cfg: TrainConfig, raw) -> Row:
     """scikit-learn's multinomial logistic regression on standardized pixels, same split."""
-    from sklearn.linear_model import LogisticRegression
-
-    data = make_splits(cfg, torch.device("cpu"), raw)
-
-    def flat(images: torch.Tensor) -> np.ndarray:
-        return normalize(images, data.mean, data.std).flatten(1).numpy()
-
     start_cpu, tick = cpu_seconds(), time.perf_counter()
-    model = LogisticRegression(max_iter=300, C=0.1).fit(flat(data.train_images), data.train_labels.numpy())
-    accuracy = float((model.predict(flat(data.val_images)) == data.val_labels.numpy()).mean())
-    row = Row("logistic-regression", int(model.coef_.size + model.intercept_.size))
+    accuracy = logistic_regression(cfg, raw)
+    row = Row("logistic-regression", 0)
     row.val_accuracy = [accuracy]
     row.train_seconds = [time.perf_counter() - tick]
     row.cpu_seconds = [cpu_seconds() - start_cpu]
@@ -183,7 +140,14 @@ def render(rows: list[Row], thresholds: tuple[float, ...], *, markdown: bool) ->
         per_epoch = " ".join(f"{a:.3f}" for a in r.val_accuracy) if len(r.val_accuracy) > 1 else "(fit)"
         ips = "-" if math.isnan(r.images_per_second) else f"{r.images_per_second:.0f}"
         body.append(
-            [r.name, f"{r.parameters / 1e6:.2f}M", per_epoch, f"{r.val_accuracy[-1]:.3f}", ips, *reach]
+            [
+                r.name,
+                f"{r.parameters / 1e6:.2f}M" if r.parameters else "-",
+                per_epoch,
+                f"{r.val_accuracy[-1]:.3f}",
+                ips,
+                *reach,
+            ]
         )
     return render_table(header, body, markdown=markdown)
 
@@ -226,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
     for preset, spec in EXTRA_PRESETS.items():
         PRESETS.setdefault(preset, spec)
+    register()
 
     raw = load_raw(args.dataset, args.data_dir)
     cfg = TrainConfig(  # the paper's baseline recipe

@@ -35,43 +35,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from benchmarks.learnability import cpu_seconds
+from benchmarks.references import REFERENCES, cpu_seconds, logistic_regression, register
 from study.lib.cli import render_table
 from study.lib.config import TrainConfig
-from study.lib.data import load_raw, make_splits, normalize
-from study.lib.model import OTHER_MODELS
+from study.lib.data import load_raw
 from study.lib.train import EpochMetrics, train
 
-MLP_WIDTH = 256
 MIN_MLP_MARGIN, MIN_TRAIN_ACCURACY, MIN_RISE = 0.05, 0.80, 1.25  # the cpu budget's criteria
-
-
-def mlp(*, image_size: int, in_chans: int, num_classes: int, dropout: float = 0.0) -> torch.nn.Module:
-    """Pixels -> 256 ReLU units -> classes."""
-    return torch.nn.Sequential(
-        torch.nn.Flatten(),
-        torch.nn.Linear(in_chans * image_size**2, MLP_WIDTH),
-        torch.nn.ReLU(),
-        torch.nn.Linear(MLP_WIDTH, num_classes),
-    )
-
-
-def small_cnn(*, image_size: int, in_chans: int, num_classes: int, dropout: float = 0.0) -> torch.nn.Module:
-    """Two 3x3 conv + ReLU + 2x2 max-pool blocks (32, 64 channels), then a linear classifier; no
-    normalization layers, so that accumulation stays the larger batch here too."""
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(in_chans, 32, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(32, 64, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(64 * (image_size // 4) ** 2, num_classes),
-    )
-
-
-REFERENCES = {"mlp-256": mlp, "cnn-small": small_cnn}
 
 
 @dataclass
@@ -143,19 +113,6 @@ def run(cfg: TrainConfig, raw) -> Curve:
     curve.parameters = result.num_parameters
     curve.seconds, curve.cpu_seconds = time.perf_counter() - start, cpu_seconds() - start_cpu
     return curve
-
-
-def logistic_regression(cfg: TrainConfig, raw) -> float:
-    """Validation accuracy of scikit-learn's multinomial logistic regression on standardized pixels."""
-    from sklearn.linear_model import LogisticRegression
-
-    data = make_splits(cfg, torch.device("cpu"), raw)
-
-    def flat(images: torch.Tensor) -> np.ndarray:
-        return normalize(images, data.mean, data.std).flatten(1).numpy()
-
-    model = LogisticRegression(max_iter=300, C=0.1).fit(flat(data.train_images), data.train_labels.numpy())
-    return float((model.predict(flat(data.val_images)) == data.val_labels.numpy()).mean())
 
 
 def criteria(base: Curve, mlp_best: float | None, points: list[int]) -> dict[str, bool | float]:
@@ -250,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", help="write the curves, summaries and criteria to this file")
     args = parser.parse_args(argv)
-    OTHER_MODELS.update(REFERENCES)
+    register()
     raw = load_raw(args.dataset, args.data_dir)
     points = [int(p) for p in args.epoch_points.split(",")] if args.epoch_points else None
     curves: list[Curve] = []
