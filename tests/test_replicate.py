@@ -65,3 +65,26 @@ def test_replicate_workers_share_the_reruns_each_once(small_studies):
     replicas = optuna.load_study(study_name="s-replicate", storage=small_studies).get_trials()
     assert sorted(t.params["seed"] for t in replicas) == [1, 2]
     assert all(t.state == TrialState.COMPLETE for t in replicas)
+
+
+def test_step_matched_replicates_train_n_times_the_epochs_and_are_recorded_at_both():
+    """The CIFAR-10 replication's plan: the accumulated configuration trains as many optimizer steps as
+    the accumulation-1 one (N times its epochs) and is recorded at its searched epochs too; both
+    configurations get the same fresh seeds, so the comparison is paired."""
+    import dataclasses
+
+    from study.lib.config import TrainConfig
+    from study.lib.replicate import sources
+
+    chosen = []
+    for n in (1, 4):
+        cfg = dataclasses.asdict(TrainConfig(dataset="digits", batch_size=32, accumulation_steps=n, epochs=10))
+        study = optuna.create_study(study_name=f"search-x{n}")
+        study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs={"config": cfg}))
+        chosen.append((study, study.trials[0]))
+    plan = sources(chosen, seeds=3, step_matched=True)
+    assert plan["search-x1:0"]["config"]["epochs"] == 10 and plan["search-x1:0"]["checkpoints"] == [10]
+    assert plan["search-x4:0"]["config"]["epochs"] == 40 and plan["search-x4:0"]["checkpoints"] == [10, 40]
+    assert plan["search-x1:0"]["seeds"] == plan["search-x4:0"]["seeds"] == [1, 2, 3]
+    unstretched = sources(chosen, seeds=3, step_matched=False)
+    assert unstretched["search-x4:0"]["config"]["epochs"] == 10
