@@ -159,7 +159,8 @@ def sentence(
     at_last: dict[int, str],
     searched: dict[int, int],
 ) -> str:
-    """The reading a report quotes: B_simple's growth, and which effective batches sit where."""
+    """The reading a report quotes: how B_simple changes over training (grows, falls, or changes little:
+    10%), and which effective batches sit where."""
     if last is None or first is None:
         return f"{dataset}: no positive |G|^2 estimate in {n_runs} run(s); the noise scale is not measured."
 
@@ -167,8 +168,10 @@ def sentence(
         groups = {p: [b for b, q in positions.items() if q == p] for p in ("below", "near", "above")}
         return "; ".join(f"{', '.join(map(str, batches))} {p}" for p, batches in groups.items() if batches)
 
+    ratio = last["b_simple"] / first["b_simple"]
+    trend = "grows" if ratio > 1.1 else "falls" if ratio < 1 / 1.1 else "changes little"
     text = (
-        f"{dataset}: the gradient noise scale B_simple, the median of {n_runs} run(s), grows from "
+        f"{dataset}: the gradient noise scale B_simple, the median of {n_runs} run(s), {trend} from "
         f"{first['b_simple']:.0f} at epoch {first['epoch']} (95% of runs {first['low']:.0f} to {first['high']:.0f}) "
         f"to {last['b_simple']:.0f} at epoch {last['epoch']} ({last['low']:.0f} to {last['high']:.0f}). "
         f"The grid's effective batches are, at epoch {first['epoch']}: {where(at_first)}; at epoch "

@@ -203,8 +203,9 @@ def verdict_blocks(grid: optuna.Study, *, prefix: str = "") -> list[Block]:
 
 # --- the results folder ----------------------------------------------------------------------------
 def scale(grid: optuna.Study) -> dict[str, Any]:
-    """What the grid measured at: preset, data, epoch points, seeds."""
-    configs = [cfg for t in grid.get_trials(deepcopy=False) if (cfg := records.config(t))]
+    """What the grid's finished runs measured at: preset, data, epoch points, seeds."""
+    finished = grid.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    configs = [cfg for t in finished if (cfg := records.config(t))]
     first = configs[0] if configs else {}
     return {
         "dataset": grid.user_attrs.get(records.DATASET),
@@ -222,7 +223,7 @@ def scale(grid: optuna.Study) -> dict[str, Any]:
         "seeds": sorted({c["seed"] for c in configs}),
         "base_lr": first.get("base_lr"),
         "optimizer": first.get("optimizer"),
-        "finished_runs": sum(t.state == TrialState.COMPLETE for t in grid.get_trials(deepcopy=False)),
+        "finished_runs": len(finished),
     }
 
 

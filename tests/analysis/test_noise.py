@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
-from analysis.lib.noise_scale import noise_runs, per_epoch, position, summarize
+from analysis.lib.noise_scale import noise_runs, per_epoch, position, sentence, summarize
 from tests.conftest import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -128,6 +128,21 @@ def test_batches_below_near_and_above():
         "at epoch 1: 32 near; 64, 128, 256, 512 above; at epoch 5: 32, 64, 128 below; 256, 512 near" in text
     )
     assert "which explanation holds is read at matched training progress" in text
+
+
+def test_the_sentence_says_whether_b_simple_grows_or_falls():
+    """On CIFAR-10's overfitting baseline B_simple fell over training (255 to 209); the sentence
+    must say so, not that it grows."""
+
+    def at(b, epoch):
+        return {"b_simple": b, "epoch": epoch, "low": b, "high": b}
+
+    def said(first, last):
+        return sentence("cifar10", 3, at(first, 5), at(last, 200), {32: "below"}, {32: "below"}, {})
+
+    assert "B_simple, the median of 3 run(s), falls from 255 at epoch 5" in said(255, 209)
+    assert "grows from 20 at epoch 5" in said(20, 320)
+    assert "changes little from 100 at epoch 5" in said(100, 105)
 
 
 def test_runs_without_the_measurement_are_left_out():
