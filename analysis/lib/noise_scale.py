@@ -160,7 +160,7 @@ def sentence(
     searched: dict[int, int],
 ) -> str:
     """The reading a report quotes: how B_simple changes over training (grows, falls, or changes little:
-    10%), and which effective batches sit where."""
+    within 10%), and which effective batches sit where."""
     if last is None or first is None:
         return f"{dataset}: no positive |G|^2 estimate in {n_runs} run(s); the noise scale is not measured."
 
