@@ -108,7 +108,9 @@ def arm_blocks(a: ArmAnalysis, runs: list[Run], *, prefix: str = "") -> list[Blo
                   "generalization (a run that is behind has a smaller gap by construction)."),
         effect_table(a.at_epochs + a.at_steps, METRICS),
         Paragraph(f"Training time, accumulation {a.accumulation_steps} / 1 at the same micro-batch: seconds per "
-                  f"epoch {a.time['seconds_per_epoch'].ratio()}, per optimizer step {a.time['seconds_per_step'].ratio()}."),
+                  f"epoch {a.time['seconds_per_epoch'].ratio()}, per optimizer step {a.time['seconds_per_step'].ratio()} "
+                  "(the runs' own training seconds: where runs shared the machine's cores with other work, the ratio "
+                  "carries that load too; `python -m benchmarks.budget_cost` measures costs side by side)."),
     ]  # fmt: skip
     for figure in (progress_figure, steps_figure):
         drawn = figure(runs, arm=a.arm, n=a.accumulation_steps,
