@@ -39,8 +39,10 @@ def running_dashboard(url: str):
         server.wait(timeout=30)
 
 
-def get_json(url: str, server: subprocess.Popen, timeout: float = 60.0):
-    """GET ``url`` as JSON, retrying while the server starts."""
+def get_json(url: str, server: subprocess.Popen, timeout: float = 180.0):
+    """GET ``url`` as JSON, retrying while the server starts. The server's start (imports, storage)
+    competes with the other test worker's processes for two cores, so the wait is generous; a
+    server that never answers still fails, with what it printed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -49,7 +51,9 @@ def get_json(url: str, server: subprocess.Popen, timeout: float = 60.0):
         except OSError:
             assert server.poll() is None, server.stderr.read()
             time.sleep(0.5)
-    raise AssertionError(f"no answer from {url} within {timeout:.0f} s")
+    server.terminate()
+    out, err = server.communicate(timeout=30)
+    raise AssertionError(f"no answer from {url} within {timeout:.0f} s; the server printed: {out!r} {err!r}")
 
 
 def test_dashboard_lists_the_studies_of_the_storage(tmp_path):
