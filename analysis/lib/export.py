@@ -69,10 +69,12 @@ def _final(t: optuna.trial.FrozenTrial, name: str) -> Any:
 
 
 def run_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial of ``study``."""
-    params = sorted({name for t in study.get_trials(deepcopy=False) for name in t.params})
+    """One row per finished trial of ``study`` (complete, pruned or failed): a trial still waiting
+    or running, in a study exported while it runs, has nothing to show yet."""
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    params = sorted({name for t in finished for name in t.params})
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in finished:
         config = records.config(t) or {}
         row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower()}
         row |= {f"param_{name}": t.params.get(name) for name in params}

@@ -1,10 +1,13 @@
 """python -m analysis.results: an experiment's results folder from a synthetic grid study, the
 storage only read."""
 
+import csv
 import hashlib
 import json
 import subprocess
 import sys
+
+import optuna
 
 from tests.analysis.synthetic import stored
 
@@ -53,7 +56,11 @@ def test_results_without_a_grid_exits_2_with_one_line(tmp_path):
 
 
 def test_tables_only_writes_the_records_and_no_verdict(tmp_path):
+    """What is committed of an experiment still running: its finished runs as records and tables."""
     url = stored(tmp_path, "under-training", name="fashion-mnist-grid-cpu")
+    grid = optuna.load_study(study_name="fashion-mnist-grid-cpu", storage=url)
+    finished = len(grid.trials)
+    grid.enqueue_trial({"batch_size": 32, "accumulation_steps": 4, "lr_scaling": "none", "seed": 9})  # a waiting run
     db = tmp_path / "v.db"
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     out = tmp_path / "out"
@@ -67,4 +74,8 @@ def test_tables_only_writes_the_records_and_no_verdict(tmp_path):
     )
     assert not (out / "report.md").exists() and not (out / "verdict.json").exists()
     assert not (out / "figures").exists()
+    with open(out / "grid-runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == finished and {r["state"] for r in rows} == {"complete"}
+    assert len((out / "records" / "grid.jsonl").read_text().splitlines()) == 1 + finished
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
