@@ -596,11 +596,16 @@ def twins(runs: list[Run]) -> list[Twins]:
 
 
 def _twins(batch: int, n: int, pairs: list[tuple[Run, Run]]) -> Twins:
+    """The training losses are compared in eval mode on the fixed training subset where both runs
+    measured it: the running train-mode loss averages the steps since the previous evaluation, so
+    two identical runs evaluated on different schedules (a step-matched run evaluates N times less
+    often per epoch) differ in it without differing in their parameters."""
     loss_diff, acc_diff, through, common = 0.0, 0.0, math.inf, math.inf
     for acc, twin in pairs:
         epochs = [e for e in twin.epochs if acc.has(e)]
         common = min(common, len(epochs))
-        losses = [abs(acc.at(e, RUNNING_LOSS) - twin.at(e, RUNNING_LOSS)) for e in epochs]
+        loss = PROGRESS if acc.progress == twin.progress == PROGRESS else RUNNING_LOSS
+        losses = [abs(acc.at(e, loss) - twin.at(e, loss)) for e in epochs]
         loss_diff = max(loss_diff, *losses)
         acc_diff = max(
             acc_diff, *(abs(acc.at(e, "val_accuracy") - twin.at(e, "val_accuracy")) for e in epochs)

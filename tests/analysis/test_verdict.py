@@ -185,6 +185,24 @@ def test_twins_of_a_synthetic_grid_are_identical_and_cost_the_same():
         assert t.seeds == [0, 1, 2] and t.seconds_per_epoch.mean == pytest.approx(1.0)
 
 
+def test_twins_on_different_evaluation_schedules_compare_their_eval_mode_loss():
+    """A step-matched 32 x 4 run evaluates every 20 epochs, its twin 128 x 1 every 5: the running
+    train-mode loss averages over different windows (on CIFAR-10, 1.886 against 1.742 at epoch 20)
+    while the parameters, and so the eval-mode loss, are the same."""
+
+    def run(trial, batch, n, epochs, running):
+        history = {"epoch": epochs, "optimizer_steps": [20 * e for e in epochs], "train_loss": running,
+                   "train_eval_loss": [2.0 / e for e in epochs], "val_accuracy": [0.01 * e for e in epochs],
+                   "val_loss": [1.5] * len(epochs), "train_seconds": [2.0 * e for e in epochs]}  # fmt: skip
+        return Run(trial, "cifar10", batch, n, "none", 0, history)
+
+    step_matched = run(1, 32, 4, [20, 40], [1.886, 1.619])
+    twin = run(2, 128, 1, [5, 10, 15, 20, 25, 30, 35, 40], [2.1, 2.0, 1.9, 1.742, 1.7, 1.6, 1.58, 1.54])
+    (pair,) = twins([step_matched, twin])
+    assert pair.common_epochs == 2 and pair.max_train_loss_difference == 0
+    assert pair.identical_through_epoch == 40
+
+
 def test_twins_of_a_real_grid_are_the_same_update(small_studies):
     """32 x 4 and its twin 128 x 1, really trained (the quick digits grid of conftest): the same
     update, so their training losses agree to float round-off through every epoch."""
