@@ -214,9 +214,7 @@ def scale(grid: optuna.Study) -> dict[str, Any]:
         "budget": grid.user_attrs.get(records.BUDGET),
         "model": first.get("model"),
         "train_subset": first.get("train_subset"),
-        "validation_images": validation_size(first["dataset"], first["val_size"])
-        if "val_size" in first
-        else None,
+        "validation_images": validation_size(first["dataset"], first["val_size"]) if "val_size" in first else None,
         "train_eval_size": first.get("train_eval_size"),
         "augment": first.get("augment"),
         "epoch_points": grid.user_attrs.get(records.EPOCH_POINTS),
@@ -272,9 +270,7 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     }
     if tuning:
         blocks += tuning_blocks(tuning, searches)
-    controls = {
-        role.removeprefix("grid-"): study for role, study in studies.items() if role.startswith("grid-")
-    }
+    controls = {role.removeprefix("grid-"): study for role, study in studies.items() if role.startswith("grid-")}
     if controls:  # the same grid for other model families (study.grid --models)
         summary_of_families = family_summary({"swin": grid, **controls}, {"swin": analyses})
         blocks += family_blocks(summary_of_families)
@@ -320,9 +316,7 @@ def write_tables(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     for role, study in studies.items():
         written.append(write_records(study, out / "records" / f"{role}.jsonl"))
         written.append(
-            write_csv(
-                run_rows(study), out / f"{role}-{'trials' if role.startswith('search') else 'runs'}.csv"
-            )
+            write_csv(run_rows(study), out / f"{role}-{'trials' if role.startswith('search') else 'runs'}.csv")
         )
         if role != "replicate":
             written.append(write_csv(history_rows(study), out / f"{role}-history.csv"))
