@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmarks.references import MLP_WIDTH, cpu_seconds, logistic_regression, register
+from benchmarks.references import MLP, cpu_seconds, logistic_regression, register
 from study.lib.cli import render_table
 from study.lib.config import TrainConfig
 from study.lib.data import load_raw
@@ -108,7 +108,7 @@ def run_swin(name: str, cfg: TrainConfig, raw) -> Row:
 def run_mlp(cfg: TrainConfig, raw) -> Row:
     """The 256-unit MLP (``benchmarks.references``) in the Swin's loop: same split, batches, optimizer;
     it sees the images as the Swin does (MNIST-sized ones zero-padded to 32 px)."""
-    return run_model(f"mlp-{MLP_WIDTH}", cfg.replace(model=f"mlp-{MLP_WIDTH}"), raw)
+    return run_model(MLP, cfg.replace(model=MLP), raw)
 
 
 def run_logistic_regression(cfg: TrainConfig, raw) -> Row:

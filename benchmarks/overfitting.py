@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from benchmarks.references import REFERENCES, cpu_seconds, logistic_regression, register
+from benchmarks.references import MLP, REFERENCES, cpu_seconds, logistic_regression, register
 from study.lib.cli import render_table
 from study.lib.config import TrainConfig
 from study.lib.data import load_raw
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             logistic[subset] = logistic_regression(base_cfg, raw)
             for name in REFERENCES:
                 curves.append(run(base_cfg.replace(model=name, precision="fp32"), raw))
-                if name == "mlp-256":
+                if name == MLP:
                     mlp_best = curves[-1].summary()["max_val_accuracy"]
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             curves.append(run(base_cfg.replace(batch_size=batch), raw))

@@ -18,6 +18,7 @@ from study.lib.data import make_splits, normalize
 from study.lib.model import OTHER_MODELS
 
 MLP_WIDTH = 256
+MLP = f"mlp-{MLP_WIDTH}"  # the MLP's model name once registered
 
 
 def cpu_seconds() -> float:
@@ -51,7 +52,7 @@ def small_cnn(*, image_size: int, in_chans: int, num_classes: int, dropout: floa
     )
 
 
-REFERENCES = {"mlp-256": mlp, "cnn-small": small_cnn}
+REFERENCES = {MLP: mlp, "cnn-small": small_cnn}
 
 
 def register() -> None:
