@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +68,16 @@ def write_cifar10(folder: Path, *, per_batch: int, seed: int = 0, str_keys: bool
 
 @pytest.fixture
 def offline_env(monkeypatch):
-    """Send any download to a closed local port, so a test never fetches data from outside."""
+    """Send any download to a closed local port, so a test never fetches data from outside.
+
+    urllib builds its default opener, proxies included, on the first ``urlopen`` and keeps it for the
+    process: it is reset here and again afterwards, so this dead proxy never outlives the test (it
+    once sent a later test's loopback requests of the same pytest worker to port 9)."""
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)
 
 
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:

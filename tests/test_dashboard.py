@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import optuna
@@ -39,21 +40,31 @@ def running_dashboard(url: str):
         server.wait(timeout=30)
 
 
+# Loopback requests never go through a proxy, whatever the environment (or an earlier test) set.
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def get_json(url: str, server: subprocess.Popen, timeout: float = 180.0):
-    """GET ``url`` as JSON, retrying while the server starts. The server's start (imports, storage)
-    competes with the other test worker's processes for two cores, so the wait is generous; a
-    server that never answers still fails, with what it printed."""
+    """GET ``url`` as JSON, retrying while the server starts (it competes with the other test
+    worker's processes for two cores, so the wait is generous). An HTTP error fails at once; a
+    server that never answers fails with the last error and what the server printed."""
     deadline = time.monotonic() + timeout
+    last = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with LOOPBACK.open(url, timeout=5) as response:
                 return json.load(response)
-        except OSError:
+        except urllib.error.HTTPError:
+            raise
+        except OSError as exc:
             assert server.poll() is None, server.stderr.read()
+            last = exc
             time.sleep(0.5)
     server.terminate()
     out, err = server.communicate(timeout=30)
-    raise AssertionError(f"no answer from {url} within {timeout:.0f} s; the server printed: {out!r} {err!r}")
+    raise AssertionError(
+        f"no answer from {url} within {timeout:.0f} s ({last!r}); the server printed: {out!r} {err!r}"
+    )
 
 
 def test_dashboard_lists_the_studies_of_the_storage(tmp_path):
