@@ -12,12 +12,17 @@ budget, ``swin-nano`` on 2,560 images, 5,000 validation images, the training ima
   (every ``eval_every`` epochs, plus the epoch points) and for evaluating after every epoch;
 * **threads**: an epoch with ``--threads`` intra-op threads against one, when the machine has them;
   run it on a quiet machine for that row (two single-thread processes, one per core, is how the
-  experiment runs).
+  experiment runs);
+* **what accumulation itself costs** (``--accumulation-steps N``): seconds per epoch of (b x N)
+  against (b x 1), the same micro-batch, and against (bN x 1), the same effective batch (the same
+  update), for each micro-batch b. The three are timed in turn, ``--rounds`` times, so that load
+  from other processes falls on all of them alike; the ratios are of the medians.
 
 Usage::
 
     python -m benchmarks.budget_cost                          # CIFAR-10 cpu budget, micro-batch 32
     python -m benchmarks.budget_cost --batch-sizes 32,64,128 --compile --threads 2
+    python -m benchmarks.budget_cost --batch-sizes 32,128 --accumulation-steps 4
 """
 
 from __future__ import annotations
@@ -65,6 +70,25 @@ def evaluation_seconds(cfg: TrainConfig, raw, repeats: int = 3) -> float:
     return statistics.median(walls)
 
 
+def accumulation_cost(base: TrainConfig, raw, batch: int, n: int, epochs: int, rounds: int) -> None:
+    """Seconds per epoch of (batch x n), (batch x 1) and (batch*n x 1), timed in turn ``rounds``
+    times; prints the medians and accumulation's ratios at equal micro-batch and equal effective
+    batch."""
+    settings = {
+        "b x N": base.replace(batch_size=batch, accumulation_steps=n),
+        "b x 1": base.replace(batch_size=batch),
+        "bN x 1": base.replace(batch_size=batch * n),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(rounds):
+        for name, cfg in settings.items():
+            seconds[name].append(epoch_seconds(cfg, raw, epochs)[0])
+    acc, micro, effective = (statistics.median(seconds[k]) for k in settings)
+    print(f"{batch} x {n}: {acc:.2f} s/epoch; {batch} x 1: {micro:.2f} (accumulation / same micro-batch "
+          f"{acc / micro:.2f}x); {batch * n} x 1: {effective:.2f} (accumulation / same effective batch "
+          f"{acc / effective:.2f}x); medians of {rounds} rounds", flush=True)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -76,6 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up (default: 3)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--threads", type=int, default=1, help="also time this many intra-op threads")
+    parser.add_argument("--accumulation-steps", type=int, default=0,
+                        help="also time (b x N) against (b x 1) and (bN x 1) for each micro-batch b")  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the accumulation timing (default: 3)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     budget = grid_budget(args.budget, args.dataset)
@@ -110,6 +139,10 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(1)
             print(f"{f'batch {batch}, fp32, {args.threads} threads':<34} {seconds:>8.2f} {reference / seconds:>7.2f}x"
                   f"  ({time.perf_counter() - start:.0f} s measured)")  # fmt: skip
+    if args.accumulation_steps > 1:
+        print(f"what accumulation itself costs, fp32, {args.epochs} epochs after a warm-up per timing:")
+        for batch in (int(b) for b in args.batch_sizes.split(",")):
+            accumulation_cost(base, raw, batch, args.accumulation_steps, args.epochs, args.rounds)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The learnability and overfitting benchmarks run, on digits, with their references learning.
+"""The learnability, overfitting and budget-cost benchmarks run, on digits, with their references learning.
 
 The benchmarks are what the budgets were chosen from; a change to the trainer's API once broke the
 learnability benchmark's MLP without any test noticing. These runs are tiny (seconds): they check
@@ -33,3 +33,12 @@ def test_overfitting_benchmark_curves_and_criteria(tmp_path):
     assert max(curves["mlp-256"]["val_accuracy"]) > 0.8
     (check,) = result["criteria"]
     assert check["setting"] == "512x3" and "beats the MLP by 0.05" in check
+
+
+def test_budget_cost_times_accumulation_against_both_of_its_references():
+    proc = cli("benchmarks.budget_cost", "--dataset", "digits", "--budget", "quick", "--batch-sizes", "16",
+               "--epochs", "1", "--rounds", "1", "--accumulation-steps", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("16 x 2:")]
+    assert "16 x 1:" in line and "32 x 1:" in line
+    assert "same micro-batch" in line and "same effective batch" in line
