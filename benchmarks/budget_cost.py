@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     every = base.eval_every
     scheduled = len(set(range(every, total + 1, every)) | set(points))
     print(f"{args.dataset} at budget {args.budget}: {base.model}, {base.train_subset} images, {total} epochs; "
-          f"one evaluation {evaluation:.2f} s; {torch.get_num_threads()} thread(s), torch {torch.__version__}")  # fmt: skip
+          f"one evaluation {evaluation:.2f} s; {torch.get_num_threads()} thread(s), torch {torch.__version__}, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
     print(f"{'setting':<34} {'s/epoch':>8} {'vs fp32':>8} {'first-epoch extra s':>20} "
           f"{'run, eval every ' + str(every):>20} {'run, eval every 1':>18}")  # fmt: skip
     for batch in (int(b) for b in args.batch_sizes.split(",")):
