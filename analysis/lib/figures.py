@@ -319,20 +319,41 @@ def steps_figure(runs: list[Run], *, arm: str, n: int, name: str) -> Figure | No
     )
 
 
+def progress_limits(ax, pairs: list[tuple[Run, Run]], n: int) -> None:
+    """Limit ``ax`` to the baselines' (training loss, validation loss) range, with a margin; note
+    where accumulated runs that go beyond it end."""
+    xs = [v for base, _ in pairs for v in base.series(base.progress) if v and v > 0]
+    ys = [v for base, _ in pairs for v in base.series("val_loss")]
+    if not xs or not ys:
+        return
+    ax.set_xlim(max(xs) * 1.05, min(xs) / 1.05)  # inverted: training goes left to right
+    pad = 0.05 * (max(ys) - min(ys) or 1.0)
+    ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    ends = [(acc.series(acc.progress)[-1], acc.series("val_loss")[-1], acc.last_epoch) for _, acc in pairs]
+    beyond = [e for e in ends if e[0] < min(xs) / 1.05 or e[1] > max(ys) + pad]
+    if beyond:
+        loss, val, epoch = min(beyond)
+        ax.text(0.03, 0.97, f"accumulation {n} goes on to training loss {loss:.3g},\nvalidation loss {val:.3g} "
+                f"(epoch {epoch}), off these axes", transform=ax.transAxes, va="top", fontsize=7)  # fmt: skip
+
+
 def progress_figure(runs: list[Run], *, arm: str, n: int, name: str) -> Figure | None:
     """Validation loss against training loss (log axis, the progress measure), every run drawn, one
     column per micro-batch: accumulated curves that lie on the baseline's, only shorter or longer,
-    mean under-training; curves above it mean worse generalization at the same progress."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    mean under-training; curves above it mean worse generalization at the same progress. Each
+    panel's axes cover its baselines' curves, where the two can be compared; an accumulated run
+    that trains further (a step-matched one) leaves them, and the panel says where it ends."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     paired = paired_runs(runs, arm, n)
     if not paired:
         return None
     plt = pyplot()
     batches = sorted({b for b, _ in paired})
-    fig, axes = plt.subplots(1, len(batches), figsize=(4.4 * len(batches), 4.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.4 * len(batches), 4.2), squeeze=False)
     for col, batch in enumerate(batches):
         ax = axes[0][col]
+        progress_limits(ax, [pair for (b, _), pair in paired.items() if b == batch], n)
         for (b, seed), pair in paired.items():
             if b != batch:
                 continue
@@ -353,8 +374,8 @@ def progress_figure(runs: list[Run], *, arm: str, n: int, name: str) -> Figure |
                 )
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow log range: no crowded minor labels
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.invert_xaxis()  # training goes left to right
         ax.set_title(f"micro-batch {batch}")
         ax.set_xlabel(
             "training loss" + (" (eval mode)" if pair[0].progress == "train_eval_loss" else " (running)")

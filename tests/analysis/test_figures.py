@@ -1,8 +1,8 @@
 """analysis.lib.figures: figures are PNG bytes in memory, written only by the caller."""
 
 from analysis.lib.document import write_png
-from analysis.lib.figures import steps_figure
-from analysis.lib.overfitting import runs_from_study
+from analysis.lib.figures import progress_limits, pyplot, steps_figure
+from analysis.lib.overfitting import Run, runs_from_study
 from tests.analysis.synthetic import N, grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -20,3 +20,23 @@ def test_the_steps_figure_is_a_png(tmp_path):
 def test_no_steps_figure_for_an_arm_without_runs():
     study = grid("under-training", seeds=2)
     assert steps_figure(runs_from_study(study), arm="no-such-arm", n=N, name="steps") is None
+
+
+def _run(accumulation: int, train_loss: list[float], val_loss: list[float]) -> Run:
+    epochs = [5 * (i + 1) for i in range(len(train_loss))]
+    return Run(accumulation, "digits", 32, accumulation, "none", 0,
+               {"epoch": epochs, "train_eval_loss": train_loss, "val_loss": val_loss})  # fmt: skip
+
+
+def test_the_progress_axes_cover_the_baselines_and_name_where_a_longer_run_ends():
+    base = _run(1, [2.0, 1.0, 0.5], [1.9, 1.5, 1.8])
+    longer = _run(4, [1.8, 0.9, 0.4, 0.05], [1.8, 1.5, 2.0, 3.9])  # step-matched: trains further
+    _, (ax, other) = pyplot().subplots(1, 2)
+    progress_limits(ax, [(base, longer)], 4)
+    assert ax.get_xlim() == (2.0 * 1.05, 0.5 / 1.05)  # inverted: training goes left to right
+    low, high = ax.get_ylim()
+    assert low < 1.5 and 1.9 < high < 2.0
+    (note,) = ax.texts
+    assert "training loss 0.05" in note.get_text() and "validation loss 3.9 (epoch 20)" in note.get_text()
+    progress_limits(other, [(base, _run(4, [1.9, 1.1], [1.8, 1.6]))], 4)  # a shorter run: inside
+    assert len(other.texts) == 0
