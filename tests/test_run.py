@@ -1,6 +1,7 @@
 """python -m study.run end to end, on digits with the quick space, against real SQLite files."""
 
 import hashlib
+import io
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ from search_spaces import load_space
 from study.lib.data import load_raw
 from study.lib.objective import search_objective
 from study.lib.records import FINAL_KEYS
+from study.lib.session import optimize
 from study.lib.storage import mask, resolve_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -255,3 +257,26 @@ def test_resuming_draws_new_points(tmp_path):
     assert len(trials) == 4 and trials[0].user_attrs.get("baseline")
     sampled = [tuple(sorted(t.params.items())) for t in trials[1:]]
     assert len(set(sampled)) == 3, sampled
+
+
+class FlushRecording(io.StringIO):
+    """A stream that keeps what had been written at each flush."""
+
+    def __init__(self):
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self):
+        self.flushed.append(self.getvalue())
+        super().flush()
+
+
+def test_every_trial_line_is_flushed_as_it_is_written():
+    """A long study run as ``nohup python -m study.experiment ... > log`` shows each finished trial
+    at once: a file is block-buffered, and its lines once waited for 8 KiB to accumulate."""
+    study = optuna.create_study(direction="maximize")
+    stream = FlushRecording()
+    optimize(study, lambda t: t.suggest_float("x", 0, 1), n_trials=3, quiet=True, stream=stream)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and all(f"trial {i} COMPLETE" in line for i, line in enumerate(lines))
+    assert {1, 2, 3} <= {text.count("\n") for text in stream.flushed}  # flushed after each line

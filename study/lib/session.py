@@ -263,8 +263,10 @@ def optimize(
 
     def on_trial_end(_: optuna.Study, trial: FrozenTrial) -> None:
         bar.update(1)
-        # one write per line: lines of workers sharing a terminal or pipe never interleave
+        # one write per line: lines of workers sharing a terminal or pipe never interleave; flushed,
+        # or a file (nohup ... > log) would show them only when its 8 KiB buffer filled
         tqdm.write(format_trial(trial, prefix) + "\n", file=stream, end="")
+        stream.flush()
 
     try:
         optimize_guarded(  # Ctrl-C: the running trial is failed as "interrupted" and queued again
