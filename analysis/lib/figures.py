@@ -320,17 +320,20 @@ def steps_figure(runs: list[Run], *, arm: str, n: int, name: str) -> Figure | No
 
 
 def progress_limits(ax, pairs: list[tuple[Run, Run]], n: int) -> None:
-    """Limit ``ax`` to the baselines' (training loss, validation loss) range, with a margin; note
-    where accumulated runs that go beyond it end."""
-    xs = [v for base, _ in pairs for v in base.series(base.progress) if v and v > 0]
-    ys = [v for base, _ in pairs for v in base.series("val_loss")]
-    if not xs or not ys:
+    """Limit ``ax`` to the training progress its baselines reached (and every run's start), where the
+    curves can be compared; note where accumulated runs that train further end."""
+    base_x = [v for base, _ in pairs for v in base.series(base.progress) if v and v > 0]
+    if not base_x:
         return
-    ax.set_xlim(max(xs) * 1.05, min(xs) / 1.05)  # inverted: training goes left to right
+    furthest = min(base_x) / 1.05
+    points = [(x, y) for pair in pairs for run in pair
+              for x, y in zip(run.series(run.progress), run.series("val_loss"), strict=True) if x and x >= furthest]  # fmt: skip
+    ys = [y for _, y in points]
+    ax.set_xlim(max(x for x, _ in points) * 1.05, furthest)  # inverted: training goes left to right
     pad = 0.05 * (max(ys) - min(ys) or 1.0)
     ax.set_ylim(min(ys) - pad, max(ys) + pad)
-    ends = [(acc.series(acc.progress)[-1], acc.series("val_loss")[-1], acc.last_epoch) for _, acc in pairs]
-    beyond = [e for e in ends if e[0] < min(xs) / 1.05 or e[1] > max(ys) + pad]
+    beyond = [(acc.series(acc.progress)[-1], acc.series("val_loss")[-1], acc.last_epoch)
+              for _, acc in pairs if acc.series(acc.progress)[-1] < furthest]  # fmt: skip
     if beyond:
         loss, val, epoch = min(beyond)
         ax.text(0.03, 0.97, f"accumulation {n} goes on to training loss {loss:.3g},\nvalidation loss {val:.3g} "

@@ -29,10 +29,14 @@ Each explanation is judged on its own predictions (``Predictions``), with interv
   alone, the accumulated runs lie on the baseline's curve (no difference at equal training loss,
   the same best validation loss).
 
-The verdict is ``both``, ``overfitting``, ``under-training``, ``neither`` (every prediction's
-interval excludes an effect of the smallest size that counts, ``Thresholds``) or ``inconclusive``
-(fewer than 2 seeds, or intervals too wide to tell; the reason then names the smallest effect the
-data could have detected: the intervals' half-widths).
+The verdict is ``both``, ``overfitting``, ``under-training`` (its predictions hold and no
+overfitting prediction does; whether the runs also lie on the baseline's curve, the "alone"
+predictions, is reported beside it, with the smallest overfitting effect the data could have
+detected), ``neither`` (every comparison's interval lies inside the smallest effect that counts,
+``Thresholds``: at equal training loss, the best validation loss, the rise after it, the epoch of
+the minimum and the accuracies at the first epoch point; one not measured is not enough) or
+``inconclusive`` (fewer than 2 seeds, or intervals too wide to tell; the reason then names the
+smallest effect the data could have detected).
 """
 
 from __future__ import annotations
@@ -200,21 +204,50 @@ def at_step_rows(pairs, points: list[int]) -> list[Row]:
 
 
 # --- at equal training loss ----------------------------------------------------------------------
-def interpolate_at_loss(run: Run, loss: float, metric: str) -> float | None:
-    """``metric`` of ``run`` where its training loss (``run.progress``) first reached ``loss``:
-    linear in log loss between the two evaluated epochs around it. None outside the run's range:
-    never extrapolated."""
-    xs = [math.log(v) if v and v > 0 else math.nan for v in run.series(run.progress)]
-    ys = run.series(metric)
-    if not (loss > 0) or ys is None:
+def pair_progress(base: Run, acc: Run) -> str:
+    """The training-progress measure both runs of a pair have: the eval-mode loss, or else the
+    running loss of both (never one of each)."""
+    return PROGRESS if base.progress == acc.progress == PROGRESS else RUNNING_LOSS
+
+
+def _crossing(run: Run, loss: float, measure: str) -> tuple[int, float] | None:
+    """Where ``run``'s training loss (``measure``) first reached ``loss``: (i, t), between its
+    evaluated epochs i and i + 1 at fraction t, linear in log loss. None outside its range."""
+    xs = [math.log(v) if v and v > 0 else math.nan for v in run.series(measure)]
+    if not (loss > 0):
         return None
     target = math.log(loss)
     for i in range(len(xs) - 1):
         a, b = xs[i], xs[i + 1]
         if min(a, b) <= target <= max(a, b):
-            t = 0.0 if a == b else (a - target) / (a - b)
-            return ys[i] + t * (ys[i + 1] - ys[i])
-    return ys[0] if len(xs) == 1 and xs[0] == target else None
+            return i, 0.0 if a == b else (a - target) / (a - b)
+    return (0, 0.0) if len(xs) == 1 and xs[0] == target else None
+
+
+def _value(ys: list[float], i: int, t: float) -> float:
+    return ys[i] if t == 0.0 else ys[i] + t * (ys[i + 1] - ys[i])
+
+
+def interpolate_at_loss(run: Run, loss: float, metric: str, measure: str | None = None) -> float | None:
+    """``metric`` of ``run`` where its training loss (``measure``, by default ``run.progress``)
+    first reached ``loss``: linear in log loss between the two evaluated epochs around it. None
+    outside the run's range: never extrapolated."""
+    ys = run.series(metric)
+    where = None if ys is None else _crossing(run, loss, measure or run.progress)
+    return None if where is None else _value(ys, *where)
+
+
+def rise_until(run: Run, loss: float, measure: str) -> float | None:
+    """How far ``run``'s validation loss had risen after its lowest point by the time its training
+    loss first reached ``loss``: the validation loss there over the lowest one up to there (1.0
+    when it was still falling). None outside the run's range."""
+    where = _crossing(run, loss, measure)
+    if where is None:
+        return None
+    i, t = where
+    ys = run.series("val_loss")
+    at = _value(ys, i, t)
+    return at / min(*ys[: i + 1], at)
 
 
 def at_loss_rows(pairs, points: list[int]) -> list[Row]:
@@ -226,8 +259,9 @@ def at_loss_rows(pairs, points: list[int]) -> list[Row]:
         for k, (b, a) in pairs.items():
             if not a.has(e):
                 continue
-            loss = a.at(e, a.progress)
-            values = {m: interpolate_at_loss(b, loss, m) for m in AT_EQUAL_LOSS}
+            measure = pair_progress(b, a)
+            loss = a.at(e, measure)
+            values = {m: interpolate_at_loss(b, loss, m, measure) for m in AT_EQUAL_LOSS}
             if any(v is None for v in values.values()):
                 out += 1
                 continue
@@ -259,18 +293,15 @@ def minimum(run: Run) -> Minimum:
 
 
 def rises(base: Run, acc: Run) -> tuple[float, float] | None:
-    """The rise of each run's validation loss after its minimum, up to the most training progress
-    both runs reached (the higher of their final training losses): validation loss there / at
-    the minimum. Measured at that common point, so that a run trained further past its minimum
-    does not rise more by that alone. None when a run never reached that loss after its minimum."""
-    end = max(base.series(base.progress)[-1], acc.series(acc.progress)[-1])
-    out = []
-    for run in (base, acc):
-        at_end = interpolate_at_loss(run, end, "val_loss")
-        if at_end is None:
-            return None
-        out.append(at_end / minimum(run).val_loss)
-    return out[0], out[1]
+    """The rise of each run's validation loss after its lowest point, up to the most training
+    progress both runs reached (the higher of their final training losses): validation loss there
+    over the lowest one before it (``rise_until``). Measured at that common point, so that a run
+    trained further past its minimum does not rise more by that alone, and a run whose minimum
+    lies beyond that point counts as not yet rising (1.0). None when a run never reached it."""
+    measure = pair_progress(base, acc)
+    end = max(base.series(measure)[-1], acc.series(measure)[-1])
+    out = [rise_until(run, end, measure) for run in (base, acc)]
+    return None if None in out else (out[0], out[1])
 
 
 def at_minimum_row(pairs) -> Row:
@@ -321,6 +352,8 @@ class Predictions:
     minimum_later: bool | None
     same_curve_at_equal_train_loss: bool | None
     same_best_val_loss: bool | None
+    same_rise_after_minimum: bool | None
+    same_minimum_epoch: bool | None
     # neither: no effect at all at matched epochs (train and validation accuracy equivalent)
     same_accuracy_at_matched_epochs: bool | None
 
@@ -346,7 +379,10 @@ def _significant(ci: MeanCI | None, metric: str, t: Thresholds, *, direction: in
 
 
 def _equivalent(ci: MeanCI | None, metric: str, t: Thresholds) -> bool | None:
-    return None if ci is None or not ci.has_interval else ci.within(t.of(metric))
+    if ci is None or not ci.has_interval:
+        return None
+    base = 1.0 if metric.endswith("ratio") else 0.0
+    return MeanCI(ci.mean - base, ci.low - base, ci.high - base, ci.n).within(t.of(metric))
 
 
 def deciding_loss_row(at_loss: list[Row], n_seeds: int) -> Row | None:
@@ -379,6 +415,8 @@ def predictions(
         minimum_later=_significant(later.effects["epoch_ratio"], "epoch_ratio", t, direction=+1),
         same_curve_at_equal_train_loss=_equivalent(loss.get("val_loss"), "val_loss", t),
         same_best_val_loss=_equivalent(minimum_.get("val_loss"), "val_loss", t),
+        same_rise_after_minimum=_equivalent(minimum_.get("rise"), "rise", t),
+        same_minimum_epoch=_equivalent(later.effects["epoch_ratio"], "epoch_ratio", t),
         same_accuracy_at_matched_epochs=same,
     )
 
@@ -394,24 +432,30 @@ def decide(p: Predictions, *, n_seeds: int) -> str:
         return OVERFITTING
     if behind:
         return UNDER_TRAINING
-    if (
-        p.same_curve_at_equal_train_loss
-        and p.same_best_val_loss is not False
-        and p.same_accuracy_at_matched_epochs
+    if all(  # every interval inside its smallest effect that counts: None (not measured) is not enough
+        v is True
+        for v in (
+            p.same_curve_at_equal_train_loss,
+            p.same_best_val_loss,
+            p.same_rise_after_minimum,
+            p.same_minimum_epoch,
+            p.same_accuracy_at_matched_epochs,
+        )
     ):
         return NEITHER
     return INCONCLUSIVE
 
 
-def detectable(at_loss: Row | None, best: Row) -> dict[str, float]:
-    """The smallest effects the data could have told from zero: the half-widths of the intervals
-    the overfitting predictions are read from."""
+def detectable(at_loss: Row | None, best: Row, t: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, float]:
+    """The smallest effects the data could have told from zero and counted: the half-width of the
+    interval each overfitting prediction is read from, or the smallest effect that counts
+    (``Thresholds``) where that is larger."""
     out = {}
     if at_loss:
-        out["val_loss at equal train loss"] = at_loss.effects["val_loss"].half_width
+        out["val_loss at equal train loss"] = max(at_loss.effects["val_loss"].half_width, t.loss)
     if best.pairs:
-        out["best val_loss"] = best.effects["val_loss"].half_width
-        out["rise after the minimum"] = best.effects["rise"].half_width
+        out["best val_loss"] = max(best.effects["val_loss"].half_width, t.loss)
+        out["rise after the minimum"] = max(best.effects["rise"].half_width, t.rise)
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
@@ -473,7 +517,7 @@ def analyse_arm(
         progress_measure=PROGRESS if progress == {PROGRESS} else RUNNING_LOSS,
         at_epochs=at_epochs, at_steps=at_steps, at_train_loss=at_loss, at_minimum=best, minimum_epoch=later,
         unmatched=[e for e in epoch_points if e not in matched], time=time, predictions=p,
-        verdict=decide(p, n_seeds=len(seeds)), detectable=detectable(deciding, best),
+        verdict=decide(p, n_seeds=len(seeds)), detectable=detectable(deciding, best, thresholds),
     )  # fmt: skip
 
 
@@ -502,6 +546,8 @@ PREDICTION_TEXT = {
     "minimum_later": "minimum reached after more epochs (under-training)",
     "same_curve_at_equal_train_loss": "same validation loss at equal training loss (under-training alone)",
     "same_best_val_loss": "same best validation loss (under-training alone)",
+    "same_rise_after_minimum": "same rise after the minimum (under-training alone)",
+    "same_minimum_epoch": "minimum at the same epoch (neither)",
     "same_accuracy_at_matched_epochs": "same train and validation accuracy at the first epoch point (neither)",
 }
 

@@ -245,7 +245,7 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     where = scale(grid)
     summary = headline(analyses, where)
     searches = searches_of(studies)
-    tuning = tuned(studies.get("replicate"), searches)
+    tuning = tuned(studies.get("replicate"), searches, studies.get("search"))
     blocks: list[Block] = [
         Paragraph(summary),
         Paragraph(f"Scale: {where['model']}, {where['train_subset']} training images, validation "

@@ -13,7 +13,7 @@ accumulation value's best searched configuration.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import optuna
@@ -57,10 +57,14 @@ def paired(
 
 
 def tuned(
-    replicate: optuna.Study | None, searches: dict[int, optuna.Study] | None = None
+    replicate: optuna.Study | None,
+    searches: dict[int, optuna.Study] | None = None,
+    single_search: optuna.Study | None = None,
 ) -> dict[str, Any] | None:
     """The tuned comparison (module docstring), as plain data for ``verdict.json``; None without
-    replicated runs."""
+    replicated runs. ``searches``: one search per accumulation value; ``single_search``: an older
+    design's one search over every value instead, whose trials per value are counted from their
+    params and whose pruning compared trials across values."""
     runs = replicated_runs(replicate) if replicate is not None else {}
     if not runs:
         return None
@@ -75,6 +79,10 @@ def tuned(
         "trials_per_accumulation": {str(v): len(s.trials) for v, s in sorted((searches or {}).items())},
         "pruning": "within each accumulation value: one search study per value",
     }  # fmt: skip
+    if not searches and single_search is not None:
+        counts = Counter(t.params.get("accumulation_steps") for t in single_search.trials)
+        out["trials_per_accumulation"] = {str(v): counts[v] for v in sorted(v for v in counts if v is not None)}
+        out["pruning"] = "across accumulation values: one search over all of them, trials compared at equal epochs"
     base = runs.get(1, {})
     out["difference"] = {}
     for n in (v for v in values if v != 1 and base):
@@ -138,11 +146,11 @@ def tuning_blocks(tuning: dict[str, Any], searches: dict[int, optuna.Study]) -> 
              *(f"{tuning['per_value'][v][k].format(3, signed=False)}" for k in SCORES), str(len(tuning["seeds"][v]))]
             for v in tuning["configs"]]  # fmt: skip
     blocks: list[Block] = [
-        Heading("Can tuning recover it? Equal effort per accumulation value, paired by seed, scored on test"),
+        Heading("Can tuning recover it? The best searched configurations, paired by seed, scored on test"),
         Paragraph("Trials searched per accumulation value: "
                   + (", ".join(f"{v}: {n}" for v, n in tuning["trials_per_accumulation"].items()) or "-")
-                  + f"; pruning {tuning['pruning']}. The best configuration of each search, re-run without pruning "
-                  "over the same fresh seeds:"),
+                  + f"; pruning {tuning['pruning']}. The best configuration of each accumulation value, re-run without "
+                  "pruning over the same fresh seeds:"),
         Table(["accumulation", "configuration", "test acc", "val acc", "seeds"], rows),
     ]  # fmt: skip
     for n, diff in tuning["difference"].items():

@@ -38,5 +38,7 @@ def test_the_progress_axes_cover_the_baselines_and_name_where_a_longer_run_ends(
     assert low < 1.5 and 1.9 < high < 2.0
     (note,) = ax.texts
     assert "training loss 0.05" in note.get_text() and "validation loss 3.9 (epoch 20)" in note.get_text()
-    progress_limits(other, [(base, _run(4, [1.9, 1.1], [1.8, 1.6]))], 4)  # a shorter run: inside
+    # a shorter run that starts further back (a higher training loss) is drawn whole, with no note
+    progress_limits(other, [(base, _run(4, [2.5, 1.1], [2.2, 1.6]))], 4)
+    assert other.get_xlim()[0] == 2.5 * 1.05 and other.get_ylim()[1] > 2.2
     assert len(other.texts) == 0

@@ -113,6 +113,19 @@ def test_the_paired_test_scored_difference_recovers_a_planted_effect():
     assert set(tuned(_replicate(0.02, step_matched=False))["difference"]["4"]) == {"equal_epochs"}
 
 
+def test_an_older_single_search_is_reported_as_such_with_its_unequal_effort():
+    dist = {"accumulation_steps": CategoricalDistribution([1, 4])}
+    single = optuna.create_study(direction="maximize")
+    for value in [1, 1] + [4] * 17:  # the older Fashion-MNIST search: 2 trials of 1, 17 of 4
+        single.add_trial(create_trial(state=TrialState.COMPLETE, params={"accumulation_steps": value},
+                                      distributions=dist, value=0.8))  # fmt: skip
+    result = tuned(_replicate(0.02), {}, single)
+    assert result["trials_per_accumulation"] == {"1": 2, "4": 17}
+    assert result["pruning"].startswith("across accumulation values")
+    per_value = tuned(_replicate(0.02), {1: _search(random.Random(0), 1)}, single)
+    assert per_value["pruning"].startswith("within each accumulation value")  # per-value searches win
+
+
 def _search(rng: random.Random, n: int) -> optuna.Study:
     """A search of one accumulation value whose objective is set by base_lr alone."""
     dists = {"base_lr": FloatDistribution(1e-4, 1e-2, log=True), "dropout": FloatDistribution(0, 0.3),

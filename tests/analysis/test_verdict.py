@@ -13,13 +13,18 @@ from analysis.lib.overfitting import (
     INCONCLUSIVE,
     NEITHER,
     OVERFITTING,
+    RUNNING_LOSS,
     UNDER_TRAINING,
+    Predictions,
     Run,
     analyse,
+    decide,
     interpolate_at_loss,
     matched_epochs,
+    pair_progress,
     reason,
     recovery,
+    rises,
     runs_from_study,
     twins,
 )
@@ -96,6 +101,49 @@ def test_interpolation_at_a_training_loss_never_extrapolates():
     assert interpolate_at_loss(bumpy, 1.2, "val_loss") == pytest.approx(
         3.0 + (math.log(2.0) - math.log(1.2)) / (math.log(2.0) - math.log(1.0)) * (2.0 - 3.0)
     )
+
+
+def test_a_run_whose_minimum_lies_beyond_the_common_progress_has_not_risen_yet():
+    # the baseline trains further: its minimum (1.0) comes at training loss 0.2, after the
+    # accumulated run's last point (0.5), where the baseline's validation loss is still falling
+    base = _run([1, 2, 3, 4, 5], [2.0, 1.0, 0.5, 0.3, 0.2], [2.0, 1.5, 1.2, 1.1, 1.0])
+    base.history["val_loss"].append(1.3)  # it rises after its minimum, beyond the common point
+    base.history["epoch"].append(6)
+    base.history["train_eval_loss"].append(0.1)
+    acc = _run([1, 2, 3], [1.8, 0.9, 0.5], [1.9, 1.2, 1.4])  # minimum 1.2, then 1.4 at 0.5
+    base_rise, acc_rise = rises(base, acc)
+    assert base_rise == pytest.approx(1.0)  # still falling at training loss 0.5: no rise yet
+    assert acc_rise == pytest.approx(1.4 / 1.2)
+
+
+def test_a_pair_is_compared_on_one_training_loss_measure():
+    eval_mode = _run([1, 2], [2.0, 1.0], [2.0, 1.5])
+    eval_mode.history["train_loss"] = [2.2, 1.2]
+    running_only = Run(1, "cifar10", 32, 4, "none", 0,
+                       {"epoch": [1, 2], "train_loss": [2.1, 1.1], "val_loss": [2.0, 1.6]})  # fmt: skip
+    assert pair_progress(eval_mode, running_only) == RUNNING_LOSS == pair_progress(running_only, eval_mode)
+    assert pair_progress(eval_mode, eval_mode) == "train_eval_loss"
+
+
+def _predictions(**changes):
+    same = dict(worse_val_loss_at_equal_train_loss=False, worse_best_val_loss=False, larger_rise_after_minimum=False,
+                behind_at_matched_epochs=False, minimum_later=False, same_curve_at_equal_train_loss=True,
+                same_best_val_loss=True, same_rise_after_minimum=True, same_minimum_epoch=True,
+                same_accuracy_at_matched_epochs=True)  # fmt: skip
+    return Predictions(**{**same, **changes})
+
+
+def test_neither_needs_every_comparison_inside_its_margin():
+    assert decide(_predictions(), n_seeds=3) == NEITHER
+    for name in ("same_best_val_loss", "same_rise_after_minimum", "same_minimum_epoch", "same_curve_at_equal_train_loss"):
+        assert decide(_predictions(**{name: None}), n_seeds=3) == INCONCLUSIVE, name  # not measured
+        assert decide(_predictions(**{name: False}), n_seeds=3) == INCONCLUSIVE, name  # too wide to tell
+    assert decide(_predictions(minimum_later=True, same_minimum_epoch=False), n_seeds=3) == INCONCLUSIVE
+
+
+def test_the_smallest_detectable_effect_is_never_below_the_smallest_that_counts():
+    a = unscaled(grid("neither", seeds=5))
+    assert a.detectable["best val_loss"] >= 0.02 and a.detectable["rise after the minimum"] >= 0.05
 
 
 def test_pairs_outside_the_baselines_range_are_left_out_and_counted():
