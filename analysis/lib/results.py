@@ -101,7 +101,7 @@ def arm_blocks(a: ArmAnalysis, runs: list[Run], *, prefix: str = "") -> list[Blo
         effect_table(a.at_train_loss, AT_EQUAL_LOSS),
         Paragraph("At each run's best epoch (minimum validation loss): differences, and the ratios of the epochs "
                   "and optimizer steps at which it came; the rise is the validation loss at the most progress both "
-                  "runs reached over its minimum."),
+                  "runs reached over the lowest one up to there (1.0 for a run still falling there)."),
         effect_table([a.at_minimum], AT_MINIMUM),
         effect_table([a.minimum_epoch], ("epoch_ratio",)),
         Paragraph("At matched epochs and at exactly matched optimizer steps: these measure progress, not "
