@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         "--rounds", type=int, default=3, help="rounds of the accumulation timing (default: 3)"
     )
     args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batch_sizes.split(",")]
     torch.set_num_threads(1)
     budget = grid_budget(args.budget, args.dataset)
     raw = load_raw(args.dataset, args.data_dir)
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
     print(f"{'setting':<34} {'s/epoch':>8} {'vs fp32':>8} {'first-epoch extra s':>20} "
           f"{'run, eval every ' + str(every):>20} {'run, eval every 1':>18}")  # fmt: skip
-    for batch in (int(b) for b in args.batch_sizes.split(",")):
+    for batch in batches:
         cfg = base.replace(batch_size=batch)
         settings = [("fp32", cfg), ("bf16 autocast", cfg.replace(precision="bf16"))]
         if args.compile:
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"  ({time.perf_counter() - start:.0f} s measured)")  # fmt: skip
     if args.accumulation_steps > 1:
         print(f"what accumulation itself costs, fp32, {args.epochs} epochs after a warm-up per timing:")
-        for batch in (int(b) for b in args.batch_sizes.split(",")):
+        for batch in batches:
             accumulation_cost(base, raw, batch, args.accumulation_steps, args.epochs, args.rounds)
 
 

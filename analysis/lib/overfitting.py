@@ -370,19 +370,22 @@ class Predictions:
         return bool(self.behind_at_matched_epochs) and self.minimum_later is not False
 
 
-def _significant(ci: MeanCI | None, metric: str, t: Thresholds, *, direction: int) -> bool | None:
+def _effect(ci: MeanCI | None, metric: str) -> MeanCI | None:
+    """``ci`` as an effect around zero (a ratio's no-effect value is 1); None without an interval."""
     if ci is None or not ci.has_interval:
         return None
     base = 1.0 if metric.endswith("ratio") else 0.0
-    shifted = MeanCI(ci.mean - base, ci.low - base, ci.high - base, ci.n)
-    return shifted.above(t.of(metric)) if direction > 0 else shifted.below(t.of(metric))
+    return MeanCI(ci.mean - base, ci.low - base, ci.high - base, ci.n)
+
+
+def _significant(ci: MeanCI | None, metric: str, t: Thresholds, *, direction: int) -> bool | None:
+    if (effect := _effect(ci, metric)) is None:
+        return None
+    return effect.above(t.of(metric)) if direction > 0 else effect.below(t.of(metric))
 
 
 def _equivalent(ci: MeanCI | None, metric: str, t: Thresholds) -> bool | None:
-    if ci is None or not ci.has_interval:
-        return None
-    base = 1.0 if metric.endswith("ratio") else 0.0
-    return MeanCI(ci.mean - base, ci.low - base, ci.high - base, ci.n).within(t.of(metric))
+    return None if (effect := _effect(ci, metric)) is None else effect.within(t.of(metric))
 
 
 def deciding_loss_row(at_loss: list[Row], n_seeds: int) -> Row | None:

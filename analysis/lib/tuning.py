@@ -56,6 +56,18 @@ def paired(
     }
 
 
+def _search_effort(searches: dict[int, optuna.Study], single_search: optuna.Study | None) -> dict[str, Any]:
+    """Trials per accumulation value and how pruning compared them: one search per value, or an older
+    single search over every value (its trials counted by their accumulation_steps param)."""
+    if searches or single_search is None:
+        counts = {v: len(s.trials) for v, s in searches.items()}
+        pruning = "within each accumulation value: one search study per value"
+    else:
+        counts = Counter(t.params["accumulation_steps"] for t in single_search.trials if "accumulation_steps" in t.params)
+        pruning = "across accumulation values: one search over all of them, trials compared at equal epochs"
+    return {"trials_per_accumulation": {str(v): counts[v] for v in sorted(counts)}, "pruning": pruning}
+
+
 def tuned(
     replicate: optuna.Study | None,
     searches: dict[int, optuna.Study] | None = None,
@@ -76,13 +88,8 @@ def tuned(
         "configs": {str(v): {k: next(iter(runs[v].values()))["config"].get(k) for k in CONFIG_KEYS} for v in values},
         "per_value": {str(v): {k: mean_ci([r["at"][max(r["at"])][k] for r in runs[v].values()]) for k in SCORES}
                       for v in values},
-        "trials_per_accumulation": {str(v): len(s.trials) for v, s in sorted((searches or {}).items())},
-        "pruning": "within each accumulation value: one search study per value",
+        **_search_effort(searches or {}, single_search),
     }  # fmt: skip
-    if not searches and single_search is not None:
-        counts = Counter(t.params.get("accumulation_steps") for t in single_search.trials)
-        out["trials_per_accumulation"] = {str(v): counts[v] for v in sorted(v for v in counts if v is not None)}
-        out["pruning"] = "across accumulation values: one search over all of them, trials compared at equal epochs"
     base = runs.get(1, {})
     out["difference"] = {}
     for n in (v for v in values if v != 1 and base):
