@@ -5,7 +5,9 @@ estimates of |G|^2 and tr(Sigma) over the steps since the previous one. Each run
 tr(Sigma) / |G|^2 per epoch is summarized over the grid's runs (every micro-batch, accumulation and
 seed) as the **median and a 95% interval of the runs' values** (their 2.5th and 97.5th
 percentiles): a ratio of means pooled over runs would weight each run by its |G|^2. A run whose
-|G|^2 estimate is not positive at an epoch has no value there. B_simple grows as training proceeds
+|G|^2 estimate is not positive at an epoch has no value there. The reading (first and last epoch)
+and the table use the epochs at which at least half the runs have a value, so that a few longer
+runs (the step-matched ones) do not stand for the grid; every epoch is in ``per_epoch``. B_simple grows as training proceeds
 (the gradient shrinks faster than its noise).
 
 What it predicts (McCandlish et al. 2018): an effective batch well **below** B_simple scales almost
@@ -48,6 +50,7 @@ from study.lib import records
 from study.lib.jsonsafe import finite_or_none
 
 NEAR = 2.0  # an effective batch within this factor of the median B_simple is "near" it
+SHARED = 0.5  # an epoch enters the reading and the table when at least this share of the runs has a value there
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,13 @@ def best_search_batches(search: optuna.Study | list[optuna.Study] | None) -> dic
     return {n: records.config(t)["effective_batch_size"] for n, t in sorted(best.items())}
 
 
+def shared_epochs(curve: list[dict[str, Any]], n_runs: int) -> list[dict[str, Any]]:
+    """The rows of ``curve`` at which at least half of the ``n_runs`` runs have a value: the
+    reading and the table stop where most runs stop, so that one longer run (a step-matched one)
+    does not stand for the grid."""
+    return [row for row in curve if row["runs"] > 0 and row["runs"] >= SHARED * n_runs]
+
+
 def summarize(
     dataset: str, runs: list[NoiseRun], search: optuna.Study | list[optuna.Study] | None = None
 ) -> dict[str, Any]:
@@ -133,14 +143,15 @@ def summarize(
     curve = per_epoch(runs)
     grid_batches = sorted({r.effective_batch for r in runs})
     searched = best_search_batches(search)
-    last = next((row for row in reversed(curve) if math.isfinite(row["b_simple"])), None)
-    first = next((row for row in curve if math.isfinite(row["b_simple"])), None)
+    shared = [row for row in shared_epochs(curve, len(runs)) if math.isfinite(row["b_simple"])]
+    first, last = (shared[0], shared[-1]) if shared else (None, None)
     at_last = {b: position(b, last["b_simple"]) for b in grid_batches} if last else {}
     at_first = {b: position(b, first["b_simple"]) for b in grid_batches} if first else {}
     return {
         "dataset": dataset,
         "runs": len(runs),
         "per_epoch": curve,
+        "shared_epochs": [row["epoch"] for row in shared],
         "grid_effective_batches": grid_batches,
         "best_search_effective_batches": {str(n): b for n, b in searched.items()},
         "last_epoch": last["epoch"] if last else None,
@@ -204,23 +215,24 @@ def noise_figure(runs: list[NoiseRun], summary: dict[str, Any], *, name: str = "
         values = [r.b_simple(e) for e in r.epochs]
         ax.plot(r.epochs, values, color="tab:gray", alpha=0.25, lw=0.8)
         by_loss.plot(r.train_loss, values, color="tab:gray", alpha=0.35, lw=0.8)
-    curve = summary["per_epoch"]
+    shared = set(summary["shared_epochs"])  # the median where at least half the runs have a value
+    curve = [row for row in summary["per_epoch"] if row["epoch"] in shared]
     epochs = [row["epoch"] for row in curve]
     ax.plot(
         epochs, [row["b_simple"] for row in curve], color="black", lw=2, label=f"median of {len(runs)} runs"
     )
     ax.fill_between(epochs, [row["low"] for row in curve], [row["high"] for row in curve], color="black",
                     alpha=0.12, label="95% of runs")  # fmt: skip
-    last = max(epochs, default=1)
+    last = max((row["epoch"] for row in summary["per_epoch"]), default=1)
     for batch in summary["grid_effective_batches"]:  # labelled at the right edge, not in the legend
         for axis in (ax, by_loss):
             axis.axhline(batch, ls="--", lw=0.9, color="tab:blue", alpha=0.6)
-        ax.annotate(f"grid {batch}", (last * 1.01, batch), fontsize=7, color="tab:blue", va="center")
+        ax.annotate(f"grid {batch}", (last * 1.12, batch), fontsize=7, color="tab:blue", va="center")
     for i, (n, batch) in enumerate(summary["best_search_effective_batches"].items()):
-        ax.plot([last * 1.06], [batch], marker="<", ms=8, color="tab:purple", ls="none",
+        ax.plot([last * 1.03], [batch], marker="<", ms=8, color="tab:purple", ls="none",
                 label="best search trial per accumulation value" if i == 0 else None)  # fmt: skip
-        ax.annotate(f"x{n}", (last * 1.08, batch), fontsize=7, color="tab:purple", va="center")
-    ax.set_xlim(0, last * 1.15)
+        ax.annotate(f"x{n}", (last * 1.05, batch), fontsize=7, color="tab:purple", va="center")
+    ax.set_xlim(0, last * 1.25)
     ax.set_xlabel("epoch")
     by_loss.set_xscale("log")
     by_loss.invert_xaxis()
@@ -241,6 +253,8 @@ TABLE_HEADER = ["epoch", "B_simple (median of runs)", "95% of runs", "runs"]
 
 
 def table_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """One row per epoch that at least half the runs evaluated (every epoch is in ``per_epoch``)."""
+    shared = set(summary["shared_epochs"])
     return [
         [
             str(row["epoch"]),
@@ -249,6 +263,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
             str(row["runs"]),
         ]
         for row in summary["per_epoch"]
+        if row["epoch"] in shared
     ]
 
 

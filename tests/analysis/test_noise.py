@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
-from analysis.lib.noise_scale import noise_runs, per_epoch, position, sentence, summarize
+from analysis.lib.noise_scale import noise_runs, per_epoch, position, sentence, summarize, table_rows
 from tests.conftest import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -182,3 +182,18 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("analysis.noise_scale: error: ") and message in lines[0]
+
+
+def test_a_few_longer_runs_do_not_stand_for_the_grid():
+    """A step-matched run trains 4x the epochs of the others: the reading and the table end at the
+    last epoch most runs reached, where B_simple is the grid's, not at that one run's last epoch."""
+    study = grid()
+    longer = optuna.create_study(direction="maximize")
+    add_run(longer, batch=32, accumulation=4, seed=0, spread=3.0)
+    run = noise_runs(longer)[0]
+    late = replace(run, epochs=[e + EPOCHS for e in run.epochs])  # epochs 6..10, seen by this run only
+    summary = summarize("fashion-mnist", [*noise_runs(study), late])
+    assert summary["per_epoch"][-1]["epoch"] == 2 * EPOCHS and summary["per_epoch"][-1]["runs"] == 1
+    assert summary["last_epoch"] == EPOCHS and summary["shared_epochs"] == list(range(1, EPOCHS + 1))
+    assert "to 320 at epoch 5 (320 to 320)" in summary["sentence"]
+    assert [row[0] for row in table_rows(summary)] == [str(e) for e in range(1, EPOCHS + 1)]
