@@ -48,7 +48,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from analysis.lib.stats import EMPTY, MeanCI, mean_ci, run_level_mean_ci
+from analysis.lib.stats import EMPTY, MeanCI, mean_ci, ratio_ci, run_level_mean_ci, run_level_ratio_ci
 from study.lib import records
 
 METRICS = ("train_accuracy", "val_accuracy", "generalization_gap")  # at matched epochs and steps
@@ -479,7 +479,7 @@ class ArmAnalysis:
     at_minimum: Row
     minimum_epoch: Row  # when the minimum comes (a lower bound for accumulated runs still falling)
     unmatched: list[int]  # baseline epoch points with no exactly step-matched accumulated epoch
-    time: dict[str, MeanCI]  # ratio N / 1 of training seconds per epoch and per optimizer step
+    time: dict[str, MeanCI]  # ratio N / 1 of training seconds per epoch and per step (geometric mean)
     predictions: Predictions
     verdict: str
     detectable: dict[str, float]
@@ -507,7 +507,7 @@ def analyse_arm(
     at_loss = at_loss_rows(pairs, acc_points)
     best = at_minimum_row(pairs)
     later = later_row(pairs)
-    time = {name: run_level_mean_ci({k: _cost(a, per) / _cost(b, per) for k, (b, a) in pairs.items()})
+    time = {name: run_level_ratio_ci({k: _cost(a, per) / _cost(b, per) for k, (b, a) in pairs.items()})
             for name, per in (("seconds_per_epoch", "epoch"), ("seconds_per_step", "step"))}  # fmt: skip
     seeds = sorted({s for _, s in pairs})
     deciding = deciding_loss_row(at_loss, len(seeds))
@@ -661,7 +661,7 @@ def _twins(batch: int, n: int, pairs: list[tuple[Run, Run]]) -> Twins:
         )
         first_bad = next((i for i, d in enumerate(losses) if d >= IDENTICAL), len(losses))
         through = min(through, epochs[first_bad - 1] if first_bad else 0)
-    ratio = mean_ci([_cost(acc, "epoch") / _cost(twin, "epoch") for acc, twin in pairs])
+    ratio = ratio_ci([_cost(acc, "epoch") / _cost(twin, "epoch") for acc, twin in pairs])
     last = [max(e for e in twin.epochs if acc.has(e)) for acc, twin in pairs]
     signed = mean_ci([acc.at(e, "val_accuracy") - twin.at(e, "val_accuracy") for (acc, twin), e in zip(pairs, last, strict=True)])
     return Twins(

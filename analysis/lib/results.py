@@ -109,7 +109,7 @@ def arm_blocks(a: ArmAnalysis, runs: list[Run], *, prefix: str = "") -> list[Blo
         effect_table(a.at_epochs + a.at_steps, METRICS),
         Paragraph(f"Training time, accumulation {a.accumulation_steps} / 1 at the same micro-batch: seconds per "
                   f"epoch {a.time['seconds_per_epoch'].ratio()}, per optimizer step {a.time['seconds_per_step'].ratio()} "
-                  "(the runs' own training seconds: where runs shared the machine's cores with other work, the ratio "
+                  "(geometric mean over seeds; the runs' own training seconds: where runs shared the machine's cores with other work, the ratio "
                   "carries that load too; `python -m benchmarks.budget_cost` measures costs side by side)."),
     ]  # fmt: skip
     for figure in (progress_figure, steps_figure):
@@ -134,8 +134,8 @@ def equivalence_blocks(runs: list[Run]) -> list[Block]:
     return [
         Heading("Accumulation is the larger batch: (b x N) against (bN x 1)"),
         Paragraph("The same samples per step, the same learning rate: the same update, computed in N micro-batches "
-                  "or in one. Differences are float round-off, amplified by training; the time ratio is what "
-                  "accumulation itself costs."),
+                  "or in one. Differences are float round-off, amplified by training; the time ratio (geometric mean "
+                  "over seeds, from the runs' own training seconds) is what accumulation itself costs."),
         Table(header, rows),
     ]  # fmt: skip
 

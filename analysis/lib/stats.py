@@ -100,6 +100,23 @@ def run_level_mean_ci(
     return mean_ci([sum(v) / len(v) for v in by_run.values()], confidence)
 
 
+def _exp(ci: MeanCI) -> MeanCI:
+    return MeanCI(*(math.exp(v) if not math.isnan(v) else math.nan for v in (ci.mean, ci.low, ci.high)), ci.n)
+
+
+def ratio_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> MeanCI:
+    """The geometric mean of positive ratios (a cost N / 1, say) and its interval, taken on the log
+    scale and brought back: never below zero, and 2x and 0.5x average to 1x."""
+    return _exp(mean_ci([math.log(v) for v in values], confidence))
+
+
+def run_level_ratio_ci(
+    values: dict[tuple[Hashable, Hashable], float], confidence: float = CONFIDENCE
+) -> MeanCI:
+    """``ratio_ci`` with the run as the unit (``run_level_mean_ci`` on the logs)."""
+    return _exp(run_level_mean_ci({k: math.log(v) for k, v in values.items()}, confidence))
+
+
 def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> MeanCI:
     """mean(b) - mean(a) with a Welch t interval (independent runs, unequal variances); n is the
     smaller group."""

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from analysis.lib.stats import mean_ci, run_level_mean_ci
+from analysis.lib.stats import mean_ci, ratio_ci, run_level_mean_ci, run_level_ratio_ci
 
 
 def test_mean_ci_matches_the_t_interval_by_hand():
@@ -26,3 +26,17 @@ def test_run_level_averages_each_run_first_so_n_counts_runs():
     assert (ci.low, ci.high) == pytest.approx((by_hand.low, by_hand.high))
     pooled = mean_ci(list(values.values()))  # six "observations": a narrower, wrong interval
     assert pooled.n == 6 and pooled.high - pooled.low < ci.high - ci.low
+
+
+def test_a_ratio_is_averaged_on_the_log_scale_and_never_goes_below_zero():
+    """Costs N / 1 from two seeds, 0.5x and 8x: the arithmetic t interval runs far below zero (a
+    negative cost); the geometric one is exp(mean log +- t se log), positive, symmetric in log."""
+    assert mean_ci([0.5, 8.0]).low < 0
+    r = ratio_ci([0.5, 8.0])
+    assert r.mean == pytest.approx(2.0) and r.n == 2
+    half = 12.706204736 * math.log(16) / 2  # t(0.975, 1) x sd(log) / sqrt(2), sd(log) = log(16) / sqrt(2)
+    assert r.low == pytest.approx(2.0 * math.exp(-half)) and r.high == pytest.approx(2.0 * math.exp(half))
+    assert r.low > 0 and r.low * r.high == pytest.approx(r.mean**2)
+    # with the run as the unit: the micro-batches of a seed are averaged (in log) first
+    by_run = run_level_ratio_ci({(32, 0): 2.0, (64, 0): 8.0, (32, 1): 4.0})
+    assert by_run.n == 2 and by_run.mean == pytest.approx(4.0)
