@@ -42,7 +42,12 @@ def main(argv: list[str] | None = None) -> int:
             PROG,
             f"study {args.study!r} has no finished run that measured the noise scale (study.grid --noise-scale)",
         )
-    summary = noise.summarize(grid.user_attrs.get(records.DATASET, args.study), runs, search)
+    summary = noise.summarize(
+        grid.user_attrs.get(records.DATASET, args.study),
+        runs,
+        search,
+        grid.user_attrs.get(records.EPOCH_POINTS),
+    )
     print(summary["sentence"])
     print()
     print(render_table(noise.TABLE_HEADER, noise.table_rows(summary)), end="")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,12 @@ from analysis.lib.document import (
 )
 from analysis.lib.figures import png, pyplot
 from analysis.lib.overfitting import runs_from_study
-from analysis.lib.stats import percentile_interval
+from analysis.lib.stats import EMPTY, MeanCI, percentile_interval, ratio_ci
 from study.lib import records
 from study.lib.jsonsafe import finite_or_none
 
 NEAR = 2.0  # an effective batch within this factor of the median B_simple is "near" it
-SHARED = 0.5  # an epoch enters the reading and the table when at least this share of the runs has a value there
+SHARED = 0.5  # an epoch enters the reading and the table where at least this share of the runs has a value
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class NoiseRun:
     norm_sq: list[float] = field(repr=False)  # |G|^2 estimate per evaluated epoch
     trace: list[float] = field(repr=False)  # tr(Sigma) estimate per evaluated epoch
     train_loss: list[float] = field(repr=False)  # the progress measure at those epochs
+    accumulation_steps: int = 1
+    configuration: str = ""  # "b x N" (with the lr rule of an accumulated run): runs that differ only by seed
 
     def b_simple(self, epoch: int) -> float:
         if epoch not in self.epochs:
@@ -85,6 +87,9 @@ def noise_runs(study: optuna.Study) -> list[NoiseRun]:
             r.history["grad_norm_sq"],
             r.history["grad_trace_sigma"],
             r.series(r.progress),
+            r.accumulation_steps,
+            f"{r.batch_size} x {r.accumulation_steps}"
+            + (f" {r.lr_scaling}" if r.accumulation_steps > 1 else ""),
         )  # fmt: skip
         for r in runs_from_study(study)
         if "grad_noise_scale" in r.history
@@ -129,6 +134,22 @@ def best_search_batches(search: optuna.Study | list[optuna.Study] | None) -> dic
     return {n: records.config(t)["effective_batch_size"] for n, t in sorted(best.items())}
 
 
+def per_configuration(runs: list[NoiseRun], epochs: list[int]) -> list[dict[str, Any]]:
+    """B_simple of each run configuration (the runs that differ only by seed) at ``epochs``: the
+    geometric mean over its seeds with a 95% interval (``ratio_ci``: B_simple is a positive scale),
+    ordered by effective batch, the (bN x 1) run before its (b x N) twins."""
+    groups: dict[str, list[NoiseRun]] = {}
+    for r in sorted(runs, key=lambda r: (r.effective_batch, r.accumulation_steps, r.configuration)):
+        groups.setdefault(r.configuration, []).append(r)
+    rows = []
+    for name, group in groups.items():
+        at = {e: [v for r in group if math.isfinite(v := r.b_simple(e))] for e in epochs}
+        cis = {e: ratio_ci(values) if values else EMPTY for e, values in at.items()}
+        rows.append({"configuration": name, "effective_batch": group[0].effective_batch,
+                     "at_epoch": [{"epoch": e, **asdict(ci)} for e, ci in cis.items()]})  # fmt: skip
+    return rows
+
+
 def shared_epochs(curve: list[dict[str, Any]], n_runs: int) -> list[dict[str, Any]]:
     """The rows of ``curve`` at which at least half of the ``n_runs`` runs have a value: the
     reading and the table stop where most runs stop, so that one longer run (a step-matched one)
@@ -137,21 +158,31 @@ def shared_epochs(curve: list[dict[str, Any]], n_runs: int) -> list[dict[str, An
 
 
 def summarize(
-    dataset: str, runs: list[NoiseRun], search: optuna.Study | list[optuna.Study] | None = None
+    dataset: str,
+    runs: list[NoiseRun],
+    search: optuna.Study | list[optuna.Study] | None = None,
+    epoch_points: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Everything the report says about the noise scale, as plain data (``verdict.json``)."""
+    """Everything the report says about the noise scale, as plain data (``verdict.json``); the
+    per-configuration table is read at the grid's ``epoch_points`` that most runs reached (else at
+    the first and last such epoch)."""
     curve = per_epoch(runs)
     grid_batches = sorted({r.effective_batch for r in runs})
     searched = best_search_batches(search)
     shared = [row for row in shared_epochs(curve, len(runs)) if math.isfinite(row["b_simple"])]
     first, last = (shared[0], shared[-1]) if shared else (None, None)
+    reached = [row["epoch"] for row in shared]
+    columns = [e for e in epoch_points or [] if e in reached] or sorted(
+        {reached[0], reached[-1]} if reached else ()
+    )
     at_last = {b: position(b, last["b_simple"]) for b in grid_batches} if last else {}
     at_first = {b: position(b, first["b_simple"]) for b in grid_batches} if first else {}
     return {
         "dataset": dataset,
         "runs": len(runs),
         "per_epoch": curve,
-        "shared_epochs": [row["epoch"] for row in shared],
+        "shared_epochs": reached,
+        "per_configuration": per_configuration(runs, columns),
         "grid_effective_batches": grid_batches,
         "best_search_effective_batches": {str(n): b for n, b in searched.items()},
         "last_epoch": last["epoch"] if last else None,
@@ -267,6 +298,22 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def configuration_table(summary: dict[str, Any]) -> Table:
+    """One row per run configuration: B_simple at the chosen epochs, geometric mean [95% CI] (seeds)."""
+    rows = summary["per_configuration"]
+    epochs = [at["epoch"] for at in rows[0]["at_epoch"]] if rows else []
+
+    def cell(at: dict[str, Any]) -> str:
+        ci = MeanCI(at["mean"], at["low"], at["high"], at["n"])
+        if math.isnan(ci.mean):
+            return "-"
+        interval = f" [{ci.low:.0f}, {ci.high:.0f}]" if ci.has_interval else ""
+        return f"{ci.mean:.0f}{interval} ({ci.n})"
+
+    return Table(["run", "effective batch", *(f"epoch {e}" for e in epochs)],
+                 [[r["configuration"], str(r["effective_batch"]), *map(cell, r["at_epoch"])] for r in rows])  # fmt: skip
+
+
 def blocks(
     summary: dict[str, Any],
     runs: list[NoiseRun],
@@ -274,10 +321,19 @@ def blocks(
     name: str = "noise-scale",
     title: str = "The gradient noise scale: where accumulation costs optimizer steps",
 ) -> list[Block]:
-    """The section: the sentence, the per-epoch table and the figure."""
+    """The section: the sentence, B_simple per run configuration, the per-epoch table and the figure."""
     return [
         Heading(title),
         Paragraph(summary["sentence"]),
+        Paragraph(
+            "Per run configuration (the runs that differ only by seed): B_simple, geometric mean over "
+            "the seeds [95% CI] (seeds)."
+        ),
+        configuration_table(summary),
+        Paragraph(
+            "Per epoch that at least half the runs evaluated: the median over all runs and the range of 95% "
+            "of them."
+        ),
         Table(TABLE_HEADER, table_rows(summary)),
         noise_figure(runs, summary, name=name),
     ]

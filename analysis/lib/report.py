@@ -190,7 +190,12 @@ def noise_blocks(grids: list[optuna.Study], search: optuna.Study | None) -> list
     blocks: list[Block] = []
     for grid_study in grids:
         if runs := noise.noise_runs(grid_study):
-            summary = noise.summarize(grid_study.user_attrs.get(records.DATASET, "?"), runs, search)
+            summary = noise.summarize(
+                grid_study.user_attrs.get(records.DATASET, "?"),
+                runs,
+                search,
+                grid_study.user_attrs.get(records.EPOCH_POINTS),
+            )
             title = f"{grid_study.study_name}: the gradient noise scale"
             blocks += [
                 demote(b)

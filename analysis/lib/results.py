@@ -279,7 +279,7 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
         search = list(searches.values()) or studies.get(
             "search"
         )  # the searches per value, or an older single one
-        noise_summary = noise.summarize(where["dataset"], measured, search)
+        noise_summary = noise.summarize(where["dataset"], measured, search, where["epoch_points"])
         blocks += noise.blocks(noise_summary, measured)
         verdict["noise_scale"] = noise_summary
     (out / "verdict.json").write_text(json.dumps(finite_or_none(_plain(verdict)), indent=1) + "\n")

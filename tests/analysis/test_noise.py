@@ -9,7 +9,15 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
-from analysis.lib.noise_scale import noise_runs, per_epoch, position, sentence, summarize, table_rows
+from analysis.lib.noise_scale import (
+    configuration_table,
+    noise_runs,
+    per_epoch,
+    position,
+    sentence,
+    summarize,
+    table_rows,
+)
 from tests.conftest import cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -197,3 +205,28 @@ def test_a_few_longer_runs_do_not_stand_for_the_grid():
     assert summary["last_epoch"] == EPOCHS and summary["shared_epochs"] == list(range(1, EPOCHS + 1))
     assert "to 320 at epoch 5 (320 to 320)" in summary["sentence"]
     assert [row[0] for row in table_rows(summary)] == [str(e) for e in range(1, EPOCHS + 1)]
+
+
+def test_b_simple_per_run_configuration_is_the_geometric_mean_over_its_seeds():
+    """Two seeds of one configuration whose B_simple is b_true x 0.5 and x 2: the geometric mean is
+    b_true (the arithmetic one would be 1.25 b_true), with the t interval on the log scale; the table
+    is read at the grid's epoch points, and a configuration is only the runs that differ by seed."""
+    study = optuna.create_study(direction="maximize")
+    for seed, spread in ((0, 0.5), (1, 2.0)):
+        add_run(study, batch=32, accumulation=4, seed=seed, spread=spread)
+    add_run(study, batch=128, accumulation=1, seed=0, spread=3.0)
+    summary = summarize("fashion-mnist", noise_runs(study), epoch_points=[2, 5])
+    rows = {r["configuration"]: r for r in summary["per_configuration"]}
+    assert list(rows) == ["128 x 1", "32 x 4 none"]  # the twins, the (bN x 1) run first
+    at5 = rows["32 x 4 none"]["at_epoch"][1]
+    assert at5["epoch"] == 5 and at5["n"] == 2 and at5["mean"] == pytest.approx(b_true(5))
+    half = 12.706204736 * math.log(4) / 2  # t(0.975, 1) x sd(log) / sqrt(2), sd(log) = log(4) / sqrt(2)
+    assert at5["low"] == pytest.approx(b_true(5) * math.exp(-half))
+    single = rows["128 x 1"]["at_epoch"][0]
+    assert single["mean"] == pytest.approx(3 * b_true(2)) and single["n"] == 1 and math.isnan(single["low"])
+    table = configuration_table(summary)
+    assert table.header == ("run", "effective batch", "epoch 2", "epoch 5")
+    assert table.rows[0] == ("128 x 1", "128", f"{3 * b_true(2):.0f} (1)", f"{3 * b_true(5):.0f} (1)")
+    # without epoch points: the first and the last epoch most runs reached
+    first = summarize("x", noise_runs(study))["per_configuration"][0]
+    assert [a["epoch"] for a in first["at_epoch"]] == [1, 5]
