@@ -7,7 +7,9 @@ seed) as the **median and a 95% interval of the runs' values** (their 2.5th and 
 percentiles): a ratio of means pooled over runs would weight each run by its |G|^2. A run whose
 |G|^2 estimate is not positive at an epoch has no value there. The reading (first and last epoch)
 and the table use the epochs at which at least half the runs have a value, so that a few longer
-runs (the step-matched ones) do not stand for the grid; every epoch is in ``per_epoch``. B_simple grows as training proceeds
+runs (the step-matched ones) do not stand for the grid; every epoch is in ``per_epoch``. Beside it,
+each run configuration (the runs that differ only by seed) gets its B_simple at the grid's epoch
+points: the geometric mean over its seeds with a 95% interval. B_simple grows as training proceeds
 (the gradient shrinks faster than its noise).
 
 What it predicts (McCandlish et al. 2018): an effective batch well **below** B_simple scales almost
