@@ -101,7 +101,7 @@ def run_level_mean_ci(
 
 
 def _exp(ci: MeanCI) -> MeanCI:
-    return MeanCI(*(math.exp(v) if not math.isnan(v) else math.nan for v in (ci.mean, ci.low, ci.high)), ci.n)
+    return MeanCI(math.exp(ci.mean), math.exp(ci.low), math.exp(ci.high), ci.n)  # exp(NaN) is NaN
 
 
 def ratio_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> MeanCI:
