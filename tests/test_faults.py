@@ -93,6 +93,13 @@ class Storage:
     def states(self) -> Counter:
         return Counter(t.state for t in self.trials() or [])
 
+    def beating(self, trial: FrozenTrial) -> bool:
+        """Whether ``trial`` has recorded a heartbeat (its heartbeat thread may still be waiting for
+        the database when the objective has already begun)."""
+        with contextlib.closing(sqlite3.connect(make_url(self.url).database)) as connection:
+            query = "SELECT 1 FROM trial_heartbeats WHERE trial_id = ?"
+            return connection.execute(query, (trial._trial_id,)).fetchone() is not None
+
 
 def wait_for(condition, what: str, *, proc: subprocess.Popen, timeout: float = 180):
     """Poll ``condition`` until it returns something truthy; fail if ``proc`` exits first."""
@@ -122,11 +129,13 @@ def children(pid: int) -> set[int]:
 
 
 def training_trial(storage: Storage, pids: set[int]) -> tuple[FrozenTrial, int] | None:
-    """A RUNNING trial inside its objective (config recorded) in one of ``pids``, with that pid."""
+    """A RUNNING trial inside its objective (config recorded, a heartbeat sent) in one of ``pids``,
+    with that pid."""
     for t in storage.trials() or []:
         worker = t.user_attrs.get("worker", "")
         pid = int(worker.rsplit(":", 1)[1]) if ":" in worker else None
-        if t.state == TrialState.RUNNING and "config" in t.user_attrs and pid in pids:
+        running = t.state == TrialState.RUNNING and "config" in t.user_attrs
+        if running and pid in pids and storage.beating(t):
             return t, pid
     return None
 
