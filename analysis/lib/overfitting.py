@@ -42,7 +42,9 @@ smallest effect the data could have detected).
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import optuna
@@ -489,9 +491,14 @@ class ArmAnalysis:
 
 
 def _cost(run: Run, per: str) -> float:
-    """Training seconds (evaluation excluded) per epoch or per optimizer step."""
-    seconds = run.series("train_seconds")[-1]
-    return seconds / (run.last_epoch if per == "epoch" else run.series("optimizer_steps")[-1])
+    """Training seconds (evaluation excluded) per epoch or per optimizer step: the median over the
+    run's evaluation intervals, so that a pause (SIGSTOP) or other work on the same cores during
+    part of a run changes it only if it lasted through half of the run's intervals."""
+    seconds = [0.0, *run.series("train_seconds")]
+    done = [0, *(run.epochs if per == "epoch" else run.series("optimizer_steps"))]
+    intervals = zip(pairwise(seconds), pairwise(done), strict=True)
+    rates = [(s1 - s0) / (d1 - d0) for (s0, s1), (d0, d1) in intervals if d1 > d0]
+    return statistics.median(rates)
 
 
 def analyse_arm(

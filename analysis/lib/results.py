@@ -61,6 +61,11 @@ from study.lib.jsonsafe import finite_or_none
 from study.lib.session import StudyError, load_studies
 from study.lib.storage import open_storage, study_exists
 
+# how a run's training seconds enter a time ratio (analysis.lib.overfitting._cost)
+RUN_SECONDS = (
+    "each run's median training seconds over its evaluation intervals, so that a pause or other work on "
+    "the cores during part of a run does not count; runs made on different machines still differ"
+)
 LABELS = {
     "train_accuracy": "train acc",
     "val_accuracy": "val acc",
@@ -109,8 +114,7 @@ def arm_blocks(a: ArmAnalysis, runs: list[Run], *, prefix: str = "") -> list[Blo
         effect_table(a.at_epochs + a.at_steps, METRICS),
         Paragraph(f"Training time, accumulation {a.accumulation_steps} / 1 at the same micro-batch: seconds per "
                   f"epoch {a.time['seconds_per_epoch'].ratio()}, per optimizer step {a.time['seconds_per_step'].ratio()} "
-                  "(geometric mean over seeds; the runs' own training seconds: where runs shared the machine's cores with other work, the ratio "
-                  "carries that load too; `python -m benchmarks.budget_cost` measures costs side by side)."),
+                  f"(geometric mean over seeds of {RUN_SECONDS}; `python -m benchmarks.budget_cost` measures costs side by side)."),
     ]  # fmt: skip
     for figure in (progress_figure, steps_figure):
         drawn = figure(runs, arm=a.arm, n=a.accumulation_steps,
@@ -135,7 +139,7 @@ def equivalence_blocks(runs: list[Run]) -> list[Block]:
         Heading("Accumulation is the larger batch: (b x N) against (bN x 1)"),
         Paragraph("The same samples per step, the same learning rate: the same update, computed in N micro-batches "
                   "or in one. Differences are float round-off, amplified by training; the time ratio (geometric mean "
-                  "over seeds, from the runs' own training seconds) is what accumulation itself costs."),
+                  f"over seeds of {RUN_SECONDS}) is what accumulation itself costs."),
         Table(header, rows),
     ]  # fmt: skip
 

@@ -233,6 +233,25 @@ def test_twins_of_a_synthetic_grid_are_identical_and_cost_the_same():
         assert t.seeds == [0, 1, 2] and t.seconds_per_epoch.mean == pytest.approx(1.0)
 
 
+def test_a_pause_in_part_of_a_run_does_not_count_in_its_time_ratio():
+    """Seconds per epoch are a run's median over its evaluation intervals: a run stopped for 600 s
+    in one of its 8 intervals (SIGSTOP while the test suite ran) costs what its twin costs, where
+    its total seconds would make it 8.5 times dearer; a run slower throughout still counts."""
+    epochs = [5 * k for k in range(1, 9)]
+
+    def run(trial, batch, n, seconds):
+        history = {"epoch": epochs, "optimizer_steps": [20 * e for e in epochs], "train_loss": [1.0] * 8,
+                   "val_accuracy": [0.5] * 8, "val_loss": [1.5] * 8, "train_seconds": seconds}  # fmt: skip
+        return Run(trial, "cifar10", batch, n, "none", 0, history)
+
+    steady = [2.0 * e for e in epochs]
+    paused = [s + (600.0 if e >= 20 else 0.0) for s, e in zip(steady, epochs, strict=True)]
+    (pair,) = twins([run(1, 32, 4, paused), run(2, 128, 1, steady)])
+    assert pair.seconds_per_epoch.mean == pytest.approx(1.0)
+    (pair,) = twins([run(1, 32, 4, [2 * s for s in steady]), run(2, 128, 1, steady)])
+    assert pair.seconds_per_epoch.mean == pytest.approx(2.0)
+
+
 def test_twins_on_different_evaluation_schedules_compare_their_eval_mode_loss():
     """A step-matched 32 x 4 run evaluates every 20 epochs, its twin 128 x 1 every 5: the running
     train-mode loss averages over different windows (on CIFAR-10, 1.886 against 1.742 at epoch 20)
