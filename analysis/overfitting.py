@@ -45,7 +45,7 @@ __all__ = ["INCONCLUSIVE", "OVERFITTING", "UNDER_TRAINING", "analyse_studies"]
 
 
 def analyse_studies(
-    studies: list[optuna.Study], *, thresholds: Thresholds = DEFAULT_THRESHOLDS
+    studies: list[optuna.Study], *, thresholds: Thresholds = DEFAULT_THRESHOLDS, stop_at: int | None = None
 ) -> list[tuple[optuna.Study, list[ArmAnalysis]]]:
     """The verdict of each grid study; StudyError for a study that is not a grid."""
     out = []
@@ -56,18 +56,17 @@ def analyse_studies(
                 "the verdict is drawn from designed runs only; replicate a search's best configurations "
                 "with study.replicate --best-per accumulation_steps instead"
             )
-        out.append((study, analyse(study, thresholds=thresholds)))
+        out.append((study, analyse(study, thresholds=thresholds, stop_at=stop_at)))
     return out
 
 
-def document(results: list[tuple[optuna.Study, list[ArmAnalysis]]]) -> Document:
+def document(results: list[tuple[optuna.Study, list[ArmAnalysis]]], *, stop_at: int | None = None) -> Document:
     """The verdict blocks of every study (analysis.lib.results.verdict_blocks), under one title."""
     blocks = []
     for study, _ in results:
-        blocks += verdict_blocks(study, prefix=f"{study.study_name}-")
-    return Document(
-        "Overfitting or under-training? " + ", ".join(s.study_name for s, _ in results), tuple(blocks)
-    )
+        blocks += verdict_blocks(study, prefix=f"{study.study_name}-", stop_at=stop_at)
+    title = "Overfitting or under-training? " + ", ".join(s.study_name for s, _ in results)
+    return Document(title + (f" (runs read up to epoch {stop_at})" if stop_at else ""), tuple(blocks))
 
 
 def render_json(results: list[tuple[optuna.Study, list[ArmAnalysis]]]) -> str:
@@ -104,23 +103,28 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"smallest accuracy difference that counts (default: {Thresholds.accuracy})")  # fmt: skip
     parser.add_argument("--format", choices=FORMATS, default="table")
     parser.add_argument("--figures", help="also write the figures into this folder")
+    parser.add_argument("--stop-at", type=int, metavar="EPOCH",
+                        help="read every run as if it had stopped after this epoch, and drop the epoch points after "
+                        "it: what shorter runs would have shown (the paper's 50 epochs, or step-matched runs cut "
+                        "to the equal-epoch length; default: the runs as trained)")  # fmt: skip
     args = parser.parse_args(argv)
     if not args.min_effect >= 0:
         fail(parser.prog, f"--min-effect must be >= 0; got {args.min_effect}")
+    if args.stop_at is not None and args.stop_at < 1:
+        fail(parser.prog, f"--stop-at must be >= 1; got {args.stop_at}")
     if args.figures and Path(args.figures).is_file():
         fail(parser.prog, f"--figures {args.figures} is a file; give a folder")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        results = analyse_studies(
-            load_studies(args.study, args.storage), thresholds=Thresholds(accuracy=args.min_effect)
-        )
+        results = analyse_studies(load_studies(args.study, args.storage),
+                                  thresholds=Thresholds(accuracy=args.min_effect), stop_at=args.stop_at)  # fmt: skip
         if not any(analyses for _, analyses in results):
             raise StudyError(
                 f"no accumulated run with its accumulation-1 baseline in {', '.join(args.study)}"
             )
     except StudyError as exc:
         fail(parser.prog, str(exc))
-    doc = document(results) if args.format in ("table", "markdown") or args.figures else None
+    doc = document(results, stop_at=args.stop_at) if args.format in ("table", "markdown") or args.figures else None
     if args.figures:
         for figure in doc.figures():
             write_png(figure, Path(args.figures))

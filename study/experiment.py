@@ -59,6 +59,11 @@ def build_parser() -> ArgumentParser:
                         "grid (default: 32, the micro-batch whose baseline makes the most steps)")  # fmt: skip
     parser.add_argument("--control-lr-scaling", default="none",
                         help="the controls' grid arms (default: none, the paper's; their search is the Swin's)")  # fmt: skip
+    parser.add_argument("--control-step-matched", default="",
+                        help="the controls' arms whose accumulated runs train N times the epochs (default: none: on "
+                        "the Swin's CIFAR-10 grid every effective batch reached its validation-loss minimum within the "
+                        "equal-epoch length, so the step-matched runs, at 3.5 times the cost, added only the rise's "
+                        "reach; analysis.overfitting --stop-at shows it)")  # fmt: skip
     parser.add_argument("--n-trials", type=int, default=16,
                         help="tuning-search trials per accumulation value (default: 16)")  # fmt: skip
     parser.add_argument("--replicate-seeds", type=int, default=5,
@@ -124,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     control_arms = parse_arms(PROG, "--control-lr-scaling", args.control_lr_scaling)
     control_batches = parse_choices(PROG, "--control-batch-sizes", args.control_batch_sizes,
                                     tuple(map(str, BATCH_SIZES)), "micro-batches")  # fmt: skip
+    step_matched = args.control_step_matched.strip()
+    control_step_matched = parse_arms(PROG, "--control-step-matched", step_matched) if step_matched else ()
     out = Path(args.out or f"results/{args.dataset}-{args.budget}")
     if out.exists() and not out.is_dir():
         fail(PROG, f"--out {out} is a file; give a folder")
@@ -141,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = steps(dataset=args.dataset, budget=args.budget, accumulation=args.accumulation_steps, seeds=args.seeds,
                  arms=arms, n_trials=remaining, replicate_seeds=args.replicate_seeds, workers=args.workers,
                  device=args.device, data_dir=args.data_dir, quiet=args.quiet, controls=controls,
-                 control_arms=control_arms, control_batches=control_batches)  # fmt: skip
+                 control_arms=control_arms, control_batches=control_batches,
+                 control_step_matched=control_step_matched)  # fmt: skip
     for step in plan:
         run_step(step, env)
 

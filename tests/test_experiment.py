@@ -147,3 +147,4 @@ def test_the_control_families_get_the_grid_of_the_same_design_after_the_swins_re
         assert flags[flags.index("--study-name") + 1] == names[f"grid-{family}"] == f"cifar10-grid-cpu-{family}"
         assert flags[flags.index("--seeds") + 1] == "5" and "--noise-scale" not in flags
         assert flags[flags.index("--batch-sizes") + 1] == "32"  # the reduced design (docs/design.md)
+        assert flags[flags.index("--step-matched") + 1] == ""  # no step-matched run (docs/design.md)

@@ -80,15 +80,23 @@ def contrasts(
 def swin_on_the_same_cells(
     grids: dict[str, optuna.Study], analyses: dict[str, list[ArmAnalysis]]
 ) -> dict[str, list[ArmAnalysis]]:
-    """Per control family whose micro-batches are fewer than the Swin's: the Swin's grid analysed
-    on that family's micro-batches only, so that the contrast compares like with like."""
-    swin = {b for a in analyses.get(REFERENCE, []) for b in a.batch_sizes}
+    """Per control family whose design is smaller than the Swin's (fewer micro-batches, or shorter
+    runs: no step-matched run): the Swin's grid analysed on that family's micro-batches, each run
+    read up to the family's longest run, so that the contrast compares like with like."""
+    if REFERENCE not in grids:
+        return {}
+    swin, swin_longest = {b for a in analyses.get(REFERENCE, []) for b in a.batch_sizes}, _longest(grids[REFERENCE])
     out = {}
     for family, arms in analyses.items():
-        mine = sorted({b for a in arms for b in a.batch_sizes})
-        if family != REFERENCE and mine and set(mine) != swin and REFERENCE in grids:
-            out[family] = analyse(grids[REFERENCE], batch_sizes=mine)
+        mine, longest = sorted({b for a in arms for b in a.batch_sizes}), _longest(grids[family])
+        if family != REFERENCE and mine and (set(mine) != swin or longest < swin_longest):
+            out[family] = analyse(grids[REFERENCE], batch_sizes=mine, stop_at=longest)
     return out
+
+
+def _longest(grid: optuna.Study) -> int:
+    """The last evaluated epoch of a grid's longest run."""
+    return max((r.last_epoch for r in runs_from_study(grid)), default=0)
 
 
 def family_summary(

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 from typing import Any
 
@@ -129,15 +129,24 @@ class Run:
     def series(self, metric: str) -> list[float]:
         return self.history[metric]
 
+    def until(self, epoch: int) -> Run:
+        """The run as if it had stopped after ``epoch``: its evaluated epochs up to there."""
+        kept, evaluated = sum(e <= epoch for e in self.epochs), len(self.epochs)
+        history = {k: v[:kept] if isinstance(v, list) and len(v) == evaluated else v for k, v in self.history.items()}
+        return replace(self, history=history)
 
-def runs_from_study(study: optuna.Study) -> list[Run]:
-    """The finished runs of a grid study (COMPLETE trials with a config and a history)."""
+
+def runs_from_study(study: optuna.Study, *, stop_at: int | None = None) -> list[Run]:
+    """The finished runs of a grid study (COMPLETE trials with a config and a history); with
+    ``stop_at``, each read as if it had stopped after that epoch (``Run.until``)."""
     runs = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         cfg, history = records.config(t), records.history(t)
         if cfg and history:
             runs.append(Run(t.number, cfg["dataset"], cfg["batch_size"], cfg["accumulation_steps"],
                             cfg["lr_scaling"], cfg["seed"], history))  # fmt: skip
+    if stop_at is not None:
+        runs = [r.until(stop_at) for r in runs if r.epochs[0] <= stop_at]
     return runs
 
 
@@ -532,13 +541,20 @@ def analyse_arm(
 
 
 def analyse(
-    study: optuna.Study, *, thresholds: Thresholds = DEFAULT_THRESHOLDS, batch_sizes: list[int] | None = None
+    study: optuna.Study,
+    *,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    batch_sizes: list[int] | None = None,
+    stop_at: int | None = None,
 ) -> list[ArmAnalysis]:
     """One analysis per lr-scaling arm of a grid study (arms from the study, else from its runs);
-    ``batch_sizes``: only the pairs of these micro-batches (all when None)."""
-    runs = [r for r in runs_from_study(study) if batch_sizes is None or r.batch_size in batch_sizes]
+    ``batch_sizes``: only the pairs of these micro-batches (all when None); ``stop_at``: every run
+    read as if it had stopped after that epoch, and the epoch points after it dropped."""
+    runs = runs_from_study(study, stop_at=stop_at)
+    runs = [r for r in runs if batch_sizes is None or r.batch_size in batch_sizes]
     values = sorted({r.accumulation_steps for r in runs if r.accumulation_steps != 1})
     points = study.user_attrs.get(records.EPOCH_POINTS) or sorted({r.last_epoch for r in runs})
+    points = [p for p in points if stop_at is None or p <= stop_at]
     arms = study.user_attrs.get(records.ARMS) or sorted(
         {r.lr_scaling for r in runs if r.accumulation_steps != 1}
     )

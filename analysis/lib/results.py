@@ -191,11 +191,12 @@ def baseline_criterion(runs: list[Run], points: list[int], *, batch: int = 32) -
     }  # fmt: skip
 
 
-def verdict_blocks(grid: optuna.Study, *, prefix: str = "") -> list[Block]:
+def verdict_blocks(grid: optuna.Study, *, prefix: str = "", stop_at: int | None = None) -> list[Block]:
     """Everything the grid says: the equivalence table first, the baselines, the scaling recovery,
-    the verdict per arm (figure names start with ``prefix``)."""
-    runs = runs_from_study(grid)
-    analyses = analyse(grid)
+    the verdict per arm (figure names start with ``prefix``); ``stop_at``: the runs read as if they
+    had stopped after that epoch (``analysis.lib.overfitting.analyse``)."""
+    runs = runs_from_study(grid, stop_at=stop_at)
+    analyses = analyse(grid, stop_at=stop_at)
     blocks = equivalence_blocks(runs) + baseline_blocks(runs)
     if recovered := recovery(analyses):
         blocks += [Heading("Does scaling the learning rate recover the loss?")] + [

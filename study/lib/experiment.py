@@ -68,11 +68,13 @@ def steps(
     controls: tuple[str, ...] = (),
     control_arms: tuple[str, ...] = ("none",),
     control_batches: tuple[str, ...] = ("32",),
+    control_step_matched: tuple[str, ...] = (),
 ) -> list[Step]:
     """The commands, in order. ``n_trials`` maps each accumulation value to the search trials it
     still lacks (0: its search is done and is skipped). ``controls``: model families other than the
     Swin, each given the grid of the same design with the ``control_arms`` at the micro-batches
-    ``control_batches`` (the search is the Swin's), after the Swin's replication."""
+    ``control_batches`` (the search is the Swin's), after the Swin's replication; the arms
+    ``control_step_matched`` train N times the epochs there (none by default)."""
     names = study_names(dataset, budget, accumulation)
     machine = ["--device", device, "--data-dir", data_dir] + (["--quiet"] if quiet else [])
     common = ["--dataset", dataset, "--budget", budget, *machine]
@@ -94,6 +96,7 @@ def steps(
     for family in controls:
         out.append(Step(f"3/4 the grid of the {family} control (arms {', '.join(control_arms)})", "study.grid",
                         [*common, "--seeds", str(seeds), "--accumulation-steps", str(accumulation), "--lr-scaling",
-                         ",".join(control_arms), "--batch-sizes", ",".join(control_batches), "--models", family, "--study-name", names[f"grid-{family}"],
+                         ",".join(control_arms), "--batch-sizes", ",".join(control_batches),
+                         "--step-matched", ",".join(control_step_matched), "--models", family, "--study-name", names[f"grid-{family}"],
                          "--workers", str(workers)]))  # fmt: skip
     return out

@@ -99,10 +99,12 @@ def add_run(study, *, batch, accumulation, arm, seed, epochs, hist):
 
 
 def grid(
-    kind: str, *, seeds: int = 3, arms=("none",), twins: bool = True, offsets=None, batches=BATCHES, batch_shifts=None
-) -> optuna.Study:
+    kind: str, *, seeds: int = 3, arms=("none",), twins: bool = True, offsets=None, batches=BATCHES, batch_shifts=None,
+    step_matched: bool = True,
+) -> optuna.Study:  # fmt: skip
     """A grid study whose accumulated runs behave as ``kind`` says (module docstring); the
-    unscaled arm is step-matched and the (bN x 1) twins are there unless ``twins`` is False.
+    unscaled arm is step-matched unless ``step_matched`` is False and the (bN x 1) twins are there
+    unless ``twins`` is False.
     ``offsets`` (seed -> shift of V(L)) plants a seed-level effect on the accumulated runs,
     ``batch_shifts`` (micro-batch -> shift) one on those of a micro-batch; ``batches``: the
     micro-batches (a reduced design)."""
@@ -130,7 +132,7 @@ def grid(
         for batch in batches:
             add_plain(batch, seed)
             for arm in arms:
-                stretch = N if arm == "none" else 1
+                stretch = N if arm == "none" and step_matched else 1
                 behind = kind in ("under-training", "both")
                 f = ARM_FACTOR[arm]
                 progress = (lambda e, s, f=f: s * f) if behind else (lambda e, s, b=batch: e * IMAGES // b)

@@ -10,7 +10,7 @@ from analysis.lib.families import contrasts, family_summary
 from analysis.lib.overfitting import analyse
 from analysis.lib.results import write_results
 from analysis.lib.stats import difference, mean_ci, welch
-from tests.analysis.synthetic import grid
+from tests.analysis.synthetic import EPOCHS, grid
 
 
 def test_difference_of_two_intervals_is_welchs_interval_of_their_runs():
@@ -50,6 +50,21 @@ def test_a_reduced_control_is_contrasted_with_the_swins_same_micro_batches():
     assert whole.difference.high < -0.1
     # the control's own twins are those of its micro-batch: 32 x 4 against 128 x 1
     assert [(t["micro_batch"], t["accumulation_steps"]) for t in summary["per_family"]["vit"]["equivalence"]] == [(32, 4)]
+
+
+def test_a_control_without_step_matched_runs_is_contrasted_with_the_swin_read_up_to_its_length():
+    # the Swin's unscaled 32 x 4 trains 4 x 40 epochs, the control's 40: the Swin's effects are
+    # read from its runs up to epoch 40, at the places the control measured them
+    swin = grid("under-training", seeds=5)
+    control = grid("under-training", seeds=5, batches=(32,), step_matched=False)
+    summary = family_summary({"swin": swin, "vit": control})
+    (row,) = [c for c in summary["contrast"] if c["where"] == "at equal training loss"]
+    (cut,) = [c for c in contrasts({"swin": analyse(swin, batch_sizes=[32], stop_at=EPOCHS), "vit": analyse(control)})
+              if c.where == "at equal training loss"]  # fmt: skip
+    (whole,) = [c for c in contrasts({"swin": analyse(swin, batch_sizes=[32]), "vit": analyse(control)})
+                if c.where == "at equal training loss"]  # fmt: skip
+    assert row["swin"] == cut.swin != whole.swin
+    assert row["difference"].low < 0 < row["difference"].high
 
 
 def test_results_have_a_section_and_a_json_entry_per_family(tmp_path):

@@ -62,6 +62,7 @@ def test_cli_refuses_a_search_study_and_bad_input(tmp_path):
         (["--study", "s"], "is not a grid study"),
         (["--study", "nope"], "no study 'nope'"),
         (["--study", "g", "--min-effect", "-1"], "--min-effect must be >= 0"),
+        (["--study", "g", "--stop-at", "0"], "--stop-at must be >= 1"),
         (["--study", "g", "--format", "xml"], "invalid choice: 'xml'"),
     ]:
         proc = overfitting(*args, "--storage", url)

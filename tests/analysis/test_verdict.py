@@ -28,7 +28,7 @@ from analysis.lib.overfitting import (
     runs_from_study,
     twins,
 )
-from tests.analysis.synthetic import BATCHES, POINTS, N, grid
+from tests.analysis.synthetic import BATCHES, EPOCHS, POINTS, N, grid
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -170,6 +170,24 @@ def test_the_accumulation_1_runs_are_shared_by_every_arm():
     analyses = analyse(study)
     assert [a.arm for a in analyses] == ["none", "linear", "sqrt"]
     assert all(a.at_epochs[-1].pairs == 2 * len(BATCHES) for a in analyses)
+
+
+def test_runs_read_up_to_an_epoch_show_what_shorter_runs_would_have():
+    """``stop_at``: the planted under-trained 32 x 4 run reaches its minimum at about epoch 79 of
+    its 160 (step-matched); read up to the equal-epoch length, every accumulated run is still
+    falling, so no pair is compared at its best epoch; the epoch points after it are dropped, and
+    a cut run is the beginning of the run it was cut from."""
+    study = grid("under-training")
+    full, cut = unscaled(study), next(a for a in analyse(study, stop_at=EPOCHS) if a.arm == "none")
+    assert full.at_minimum.pairs == 5 and cut.at_minimum.pairs == 0
+    last = [a.at_train_loss[-1].where.rsplit(" ", 1)[1] for a in (full, cut)]
+    assert last == ["160", str(EPOCHS)]
+    assert next(a for a in analyse(study, stop_at=16) if a.arm == "none").epoch_points == [8, 16]
+    runs = {r.trial: r for r in runs_from_study(study)}
+    for r in runs_from_study(study, stop_at=EPOCHS):
+        whole = runs[r.trial]
+        assert r.last_epoch == min(whole.last_epoch, EPOCHS)
+        assert all(r.series(k) == whole.series(k)[: len(r.epochs)] for k in ("val_loss", "train_seconds"))
 
 
 def test_training_time_ratios_per_epoch_and_per_step():
