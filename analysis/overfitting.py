@@ -56,6 +56,9 @@ def analyse_studies(
                 "the verdict is drawn from designed runs only; replicate a search's best configurations "
                 "with study.replicate --best-per accumulation_steps instead"
             )
+        first = min(study.user_attrs.get(records.EPOCH_POINTS) or [0])
+        if stop_at is not None and stop_at < first:
+            raise StudyError(f"--stop-at {stop_at} is before the first epoch point ({first}) of {study.study_name!r}")
         out.append((study, analyse(study, thresholds=thresholds, stop_at=stop_at)))
     return out
 

@@ -14,6 +14,7 @@ from analysis.lib.document import (
     Table,
     render_html,
     render_markdown,
+    render_text,
     write,
 )
 from study.lib.cli import render_table
@@ -57,6 +58,11 @@ def test_markdown():
         ]
     )
     assert render_markdown(Document("", (Paragraph("p"),))) == "p\n"
+
+
+def test_a_table_without_rows_renders_its_header():
+    assert render_table(["where", "n"], []) == "where  n\n"
+    assert "where" in render_text(Document("t", (Table(["where", "n"], []),)))
 
 
 def test_html_escapes_and_embeds_the_png_from_memory():

@@ -63,6 +63,7 @@ def test_cli_refuses_a_search_study_and_bad_input(tmp_path):
         (["--study", "nope"], "no study 'nope'"),
         (["--study", "g", "--min-effect", "-1"], "--min-effect must be >= 0"),
         (["--study", "g", "--stop-at", "0"], "--stop-at must be >= 1"),
+        (["--study", "g", "--stop-at", "7"], "--stop-at 7 is before the first epoch point (8) of 'g'"),
         (["--study", "g", "--format", "xml"], "invalid choice: 'xml'"),
     ]:
         proc = overfitting(*args, "--storage", url)
