@@ -129,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     control_arms = parse_arms(PROG, "--control-lr-scaling", args.control_lr_scaling)
     control_batches = parse_choices(PROG, "--control-batch-sizes", args.control_batch_sizes,
                                     tuple(map(str, BATCH_SIZES)), "micro-batches")  # fmt: skip
-    step_matched = args.control_step_matched.strip()
-    control_step_matched = parse_arms(PROG, "--control-step-matched", step_matched) if step_matched else ()
+    control_step_matched = parse_arms(PROG, "--control-step-matched", args.control_step_matched, empty=True)
     out = Path(args.out or f"results/{args.dataset}-{args.budget}")
     if out.exists() and not out.is_dir():
         fail(PROG, f"--out {out} is a file; give a folder")

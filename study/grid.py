@@ -131,9 +131,7 @@ def check(args: argparse.Namespace) -> tuple[str, ...]:
     if args.study_name and len(args.models) > 1:
         fail(PROG, "--study-name names one grid; give one family in --models, or leave the default names")
     if args.step_matched is not None:
-        args.step_matched = (
-            () if args.step_matched.strip() == "" else parse_arms(PROG, "--step-matched", args.step_matched)
-        )
+        args.step_matched = parse_arms(PROG, "--step-matched", args.step_matched, empty=True)
     return arms
 
 

@@ -107,8 +107,10 @@ def parse_choices(prog: str, flag: str, text: str, choices, what: str) -> tuple[
     return values
 
 
-def parse_arms(prog: str, flag: str, text: str) -> tuple[str, ...]:
-    """Comma-separated lr-scaling arms (none, linear, sqrt)."""
+def parse_arms(prog: str, flag: str, text: str, *, empty: bool = False) -> tuple[str, ...]:
+    """Comma-separated lr-scaling arms (none, linear, sqrt); with ``empty``, a blank value is no arm."""
+    if empty and not text.strip():
+        return ()
     return parse_choices(prog, flag, text, tuple(LR_SCALING_EXPONENTS), "arms")
 
 
