@@ -140,14 +140,21 @@ def training_trial(storage: Storage, pids: set[int]) -> tuple[FrozenTrial, int] 
     return None
 
 
+def stopped(pid: int) -> bool:
+    """Whether ``pid`` has come to a halt after SIGSTOP (kill() returns before it has)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
 def freeze_in_trial(storage: Storage, pids: set[int], proc: subprocess.Popen) -> tuple[FrozenTrial, int]:
-    """SIGSTOP a process of ``pids`` while its trial is RUNNING, confirmed after it stopped, so a
+    """SIGSTOP a process of ``pids`` while its trial is RUNNING, confirmed once it has halted, so a
     signal sent next arrives during that trial and not just after it finished."""
     while True:
-        trial, pid = wait_for(lambda: training_trial(storage, pids), "trial in training", proc=proc)
+        _, pid = wait_for(lambda: training_trial(storage, pids), "trial in training", proc=proc)
         os.kill(pid, signal.SIGSTOP)
-        if training_trial(storage, {pid}) is not None:
-            return trial, pid
+        wait_for(lambda pid=pid: stopped(pid), "the worker halted", proc=proc)
+        found = training_trial(storage, {pid})  # exact now: a halted process writes nothing
+        if found is not None:
+            return found
         os.kill(pid, signal.SIGCONT)  # it finished that trial in between: try the next one
 
 
