@@ -206,3 +206,53 @@ def test_each_model_family_gets_its_own_grid_of_the_same_design(tmp_path):
         assert {(t.user_attrs["config"]["model"], t.user_attrs["config"]["family"]) for t in trials} == {
             (f"{family}-nano", family)
         }
+
+
+def test_a_resumed_queue_holds_one_copy_of_each_missing_run_the_furthest_resuming_one(tmp_path):
+    """What a grid resumed after a lost session finds: a done run with a queued copy, a lost run
+    (RUNNING, silent) with a checkpoint and a fresh copy queued beside it, a run queued twice, and
+    a run never queued. Each missing run must run once, and a lost run from its checkpoint."""
+    import time
+
+    from study.lib import records
+    from study.lib.checkpoint import Checkpoints
+    from study.lib.session import queue_runs
+    from study.lib.storage import open_storage
+    from study.lib.workers import settled
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="q", storage=open_storage(url, heartbeat_interval=1, grace_period=2))
+    store = Checkpoints(tmp_path / "artifacts")
+    runs = [{"cell": c} for c in "ABCD"]
+    cells = optuna.distributions.CategoricalDistribution(list("ABCD"))
+    study.add_trial(optuna.trial.create_trial(params={"cell": "A"}, distributions={"cell": cells}, value=0.5))
+    study.enqueue_trial({"cell": "B"})
+    lost = study.ask()  # 1: B, lost after epoch 50 with its checkpoint
+    lost.suggest_categorical("cell", list("ABCD"))
+    for epoch in (10, 30, 50):
+        lost.report(0.1, epoch)
+    study._storage.record_heartbeat(lost._trial_id)
+    store.folder.mkdir()
+    store.path("q", lost.number).write_bytes(b"state")
+    study.enqueue_trial({"cell": "A"})  # 2: a copy of a done run
+    study.enqueue_trial({"cell": "B"})  # 3: a fresh copy, queued before the lost run was seen
+    study.enqueue_trial({"cell": "D"})  # 4, 5: D twice
+    study.enqueue_trial({"cell": "D"})
+    time.sleep(3)  # past the grace period: trial 2 is stale
+
+    todo = queue_runs(study, runs, resume_point=store.resume_point)
+
+    trials = study.get_trials()
+    waiting = {t.number: t.system_attrs["fixed_params"]["cell"] for t in trials if t.state == TrialState.WAITING}
+    retry = next(t.number for t in trials if t.system_attrs.get("failed_trial") == lost.number)
+    assert todo == 3
+    assert sorted(waiting.values()) == ["B", "C", "D"]
+    assert retry in waiting and 4 in waiting  # B from its checkpoint; D's first copy
+    withdrawn = [t for t in trials if t.user_attrs.get(records.STATUS) == records.WITHDRAWN]
+    assert sorted(t.number for t in withdrawn) == [2, 3, 5]
+    assert all(t.state == TrialState.FAIL and not settled(t) for t in withdrawn)
+    assert "trial 0, which is done" in trials[2].user_attrs[records.FAIL_REASON]
+    # asked again, the queue is already right: nothing is added or withdrawn
+    assert queue_runs(study, runs, resume_point=store.resume_point) == 3
+    assert len(study.get_trials()) == len(trials)
+    assert {t.number for t in study.get_trials() if t.state == TrialState.WAITING} == set(waiting)

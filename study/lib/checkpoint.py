@@ -140,6 +140,18 @@ class Checkpoints:
                 return path
         return None
 
+    def resume_point(self, study: optuna.Study, queued: optuna.trial.FrozenTrial) -> int:
+        """How far a queued copy would resume: the last epoch its newest predecessor with a
+        checkpoint reported (0 when none has one). Ranks copies of one run (``queue_runs``)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            numbers = list(reversed(RetryHeartbeatStaleTrialCallback.retry_history(queued)))
+        for number in numbers:
+            if self.path(study.study_name, number).is_file():
+                steps = study.get_trials(deepcopy=False)[number].intermediate_values
+                return max(steps, default=0)
+        return 0
+
     def load(self, path: Path, config: dict[str, Any]) -> dict[str, Any]:
         """The state in ``path``, checked against ``config``.
 

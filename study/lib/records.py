@@ -43,7 +43,8 @@ OBJECTIVE_METRICS = {
 CONFIG = "config"  # every resolved TrainConfig value, with effective batch and scaled lr
 HISTORY = "history"  # per-epoch series, HISTORY_KEYS
 CHECKPOINTS = "checkpoints"  # grid: {"10": {...CHECKPOINT_KEYS}, ...}
-STATUS = "status"  # completed, stopped, diverged, error, interrupted
+STATUS = "status"  # completed, stopped, diverged, error, interrupted, withdrawn
+WITHDRAWN = "withdrawn"  # status of a queued copy taken out of the queue unrun (``withdraw``)
 ENVIRONMENT = "environment"  # device, parameter count, package versions, git commit
 FAIL_REASON = "fail_reason"
 WORKER = "worker"  # host:pid of the process that ran the attempt
@@ -119,6 +120,15 @@ def write_failure(
 def write_diverged(trial: optuna.Trial) -> None:
     """A run whose loss became NaN or infinite: a FAIL with its reason, not a low score."""
     trial.set_user_attr(FAIL_REASON, "diverged: the training loss became NaN or infinite")
+
+
+def withdraw(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    """Take a WAITING trial out of the queue without running it: FAIL, status ``withdrawn``, with
+    the reason (its run is done, running, or queued in another trial)."""
+    storage = study._storage  # Optuna has no public call that fails a trial before it has run
+    storage.set_trial_user_attr(trial._trial_id, STATUS, WITHDRAWN)
+    storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
+    storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def write_resumed(trial: optuna.Trial, epoch: int) -> None:

@@ -287,27 +287,54 @@ def _matches(params: dict[str, Any], other: dict[str, Any]) -> bool:
     return all(other.get(k) == v for k, v in params.items())
 
 
-def missing_runs(
-    study: optuna.Study, wanted: list[dict[str, Any]], *, defaults: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
-    """The fixed-parameter runs of ``wanted`` without a settled trial (``study.lib.workers.settled``:
-    a killed or interrupted run is still missing), so a resumed grid or replication runs only
-    what is missing. ``defaults`` fill parameters that trials of an older design did not have
-    (a grid's ``epochs``, before grids had step-matched runs)."""
-    done = [{**(defaults or {}), **t.params} for t in study.get_trials(deepcopy=False) if settled(t)]
-    return [params for params in wanted if not any(_matches(params, p) for p in done)]
+def queue_runs(
+    study: optuna.Study,
+    runs: list[dict[str, Any]],
+    *,
+    defaults: dict[str, Any] | None = None,
+    resume_point: Callable[[optuna.Study, FrozenTrial], int] = lambda study, trial: 0,
+) -> int:
+    """Make the queue hold exactly one WAITING trial for each run of ``runs`` that no trial has
+    settled (``study.lib.workers.settled``: a lost or interrupted run is not) and none is running,
+    so that a resumed grid or replication runs only what is missing, once. Returns that number.
 
-
-def enqueue_runs(study: optuna.Study, runs: list[dict[str, Any]]) -> None:
-    """Enqueue each run's parameters, unless a copy of it (a retry) is already queued, so that
-    exactly ``len(runs)`` queued trials stand for ``runs``."""
-    queued = [
-        t.system_attrs.get("fixed_params", {})
-        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    ]
+    The trials of lost workers are failed first (Optuna's ``fail_stale_trials``), so their retries
+    are in the queue before it is read. Of several queued copies of one run, the one that resumes
+    furthest (``resume_point``: the epoch of the checkpoint it would load) is kept; the others, and
+    the queued copies of runs that are settled or running, are withdrawn (``records.withdraw``).
+    ``defaults`` fill parameters that trials of an older design did not have (a grid's ``epochs``,
+    before grids had step-matched runs)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    done = {t.number: {**(defaults or {}), **t.params} for t in trials if settled(t)}
+    running = {t.number: {**(defaults or {}), **t.params} for t in trials if t.state == TrialState.RUNNING}
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    queued = 0
     for params in runs:
-        if not any(_matches(params, q) for q in queued):
+        copies = [
+            t
+            for t in waiting
+            if _matches(params, {**(defaults or {}), **t.params, **t.system_attrs.get("fixed_params", {})})
+        ]
+        covered = [n for n, p in {**done, **running}.items() if _matches(params, p)]
+        if covered:
+            for t in copies:
+                state = "done" if covered[0] in done else "running"
+                records.withdraw(study, t, f"a copy of the run of trial {covered[0]}, which is {state}")
+            continue
+        queued += 1
+        if not copies:
             study.enqueue_trial(params)
+            continue
+        keep = max(copies, key=lambda t: (resume_point(study, t), -t.number))
+        for t in copies:
+            if t is not keep:
+                records.withdraw(
+                    study, t, f"a second queued copy of the run of trial {keep.number}, which stays queued"
+                )
+    return queued
 
 
 @dataclass
@@ -323,7 +350,7 @@ class Plan:
         runs: Fixed runs to queue (the grid's or a replication's parameters), of which only the ones
             the study lacks run; None for a search, which samples ``n_trials`` new trials.
         n_trials: A search's trials to add.
-        run_defaults: Parameters that trials of an older design lack (``missing_runs``).
+        run_defaults: Parameters that trials of an older design lack (``queue_runs``).
         on_open: Called with (study, existed) in every process once the study is open (a search
             reseeds its sampler there).
         prepare: Called with (study, existed) before anything runs, by the parent process only:
@@ -390,9 +417,9 @@ def execute(
     plan.prepare(study, existed)
     todo = plan.n_trials
     if plan.runs is not None:
-        missing = missing_runs(study, plan.runs, defaults=plan.run_defaults)
-        enqueue_runs(study, missing)
-        todo = len(missing)
+        store = getattr(plan.objective, "store", None)
+        todo = queue_runs(study, plan.runs, defaults=plan.run_defaults,
+                          resume_point=lambda study, t: 0 if store is None else store.resume_point(study, t))  # fmt: skip
     if text := plan.header(study, existed, todo):
         print(text, file=plan.stream, flush=True)
     code = 0

@@ -315,8 +315,9 @@ def _counts(trial: FrozenTrial) -> bool:
 def settled(trial: FrozenTrial) -> bool:
     """A trial whose run need not be repeated: COMPLETE, PRUNED, or FAIL for a reason of the run
     itself (diverged, a run-time error). A lost worker's trial (FAIL, no reason) and an
-    interrupted one are not: their queued copies still have to run."""
-    return _counts(trial) and trial.user_attrs.get(records.STATUS) != INTERRUPTED
+    interrupted one are not: their queued copies still have to run; nor is a withdrawn copy,
+    which never ran (``records.withdraw``)."""
+    return _counts(trial) and trial.user_attrs.get(records.STATUS) not in (INTERRUPTED, records.WITHDRAWN)
 
 
 def _finished(trials: list[FrozenTrial], tags: set[str]) -> int:
