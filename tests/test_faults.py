@@ -115,12 +115,17 @@ def wait_for(condition, what: str, *, proc: subprocess.Popen, timeout: float = 1
     pytest.fail(f"no {what} within {timeout} s")
 
 
+def stat_fields(stat: Path) -> list[str]:
+    """The fields of a ``/proc/PID/stat`` after the command name: state, parent pid, ..."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
 def children(pid: int) -> set[int]:
     """Processes whose parent is ``pid`` (from /proc: only processes this test started)."""
     found = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = stat_fields(stat)
         except OSError:
             continue
         if int(fields[1]) == pid:
@@ -142,7 +147,7 @@ def training_trial(storage: Storage, pids: set[int]) -> tuple[FrozenTrial, int] 
 
 def stopped(pid: int) -> bool:
     """Whether ``pid`` has come to a halt after SIGSTOP (kill() returns before it has)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    return stat_fields(Path(f"/proc/{pid}/stat"))[0] in ("T", "t")
 
 
 def freeze_in_trial(storage: Storage, pids: set[int], proc: subprocess.Popen) -> tuple[FrozenTrial, int]:

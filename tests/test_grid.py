@@ -238,7 +238,7 @@ def test_a_resumed_queue_holds_one_copy_of_each_missing_run_the_furthest_resumin
     study.enqueue_trial({"cell": "B"})  # 3: a fresh copy, queued before the lost run was seen
     study.enqueue_trial({"cell": "D"})  # 4, 5: D twice
     study.enqueue_trial({"cell": "D"})
-    time.sleep(3)  # past the grace period: trial 2 is stale
+    time.sleep(3)  # past the grace period: trial 1 is stale
 
     todo = queue_runs(study, runs, resume_point=store.resume_point)
 

@@ -49,6 +49,13 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, or written for another configuration or model."""
 
 
+def _retried(trial: optuna.trial.FrozenTrial) -> list[int]:
+    """The trials ``trial`` retries, newest first (``retry_history``; none for a first attempt)."""
+    with warnings.catch_warnings():  # experimental in Optuna, but the documented way to ask
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return list(reversed(RetryHeartbeatStaleTrialCallback.retry_history(trial)))
+
+
 class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
     """Optuna's file-system artifact store, whose writes are atomic: a reader (or a process killed
     while writing) never meets a half-written file."""
@@ -126,11 +133,7 @@ class Checkpoints:
         """The trials this one retries, newest first (none for a first attempt)."""
         running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         frozen = next((t for t in running if t.number == trial.number), None)
-        if frozen is None:
-            return []
-        with warnings.catch_warnings():  # experimental in Optuna, but the documented way to ask
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return list(reversed(RetryHeartbeatStaleTrialCallback.retry_history(frozen)))
+        return [] if frozen is None else _retried(frozen)
 
     def newest(self, trial: optuna.Trial) -> Path | None:
         """The newest checkpoint a predecessor of ``trial`` left, if any."""
@@ -143,10 +146,7 @@ class Checkpoints:
     def resume_point(self, study: optuna.Study, queued: optuna.trial.FrozenTrial) -> int:
         """How far a queued copy would resume: the last epoch its newest predecessor with a
         checkpoint reported (0 when none has one). Ranks copies of one run (``queue_runs``)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            numbers = list(reversed(RetryHeartbeatStaleTrialCallback.retry_history(queued)))
-        for number in numbers:
+        for number in _retried(queued):
             if self.path(study.study_name, number).is_file():
                 steps = study.get_trials(deepcopy=False)[number].intermediate_values
                 return max(steps, default=0)

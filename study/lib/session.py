@@ -308,21 +308,23 @@ def queue_runs(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     trials = study.get_trials(deepcopy=False)
-    done = {t.number: {**(defaults or {}), **t.params} for t in trials if settled(t)}
-    running = {t.number: {**(defaults or {}), **t.params} for t in trials if t.state == TrialState.RUNNING}
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
+
+    def filled(params: dict[str, Any]) -> dict[str, Any]:
+        return {**(defaults or {}), **params}
+
+    # settled trials first: a copy of a run that is done is withdrawn as such
+    covering = [(t, filled(t.params)) for t in trials if settled(t)]
+    covering += [(t, filled(t.params)) for t in trials if t.state == TrialState.RUNNING]
+    waiting = [(t, filled({**t.params, **t.system_attrs.get("fixed_params", {})})) for t in trials
+               if t.state == TrialState.WAITING]  # fmt: skip
     queued = 0
     for params in runs:
-        copies = [
-            t
-            for t in waiting
-            if _matches(params, {**(defaults or {}), **t.params, **t.system_attrs.get("fixed_params", {})})
-        ]
-        covered = [n for n, p in {**done, **running}.items() if _matches(params, p)]
-        if covered:
+        copies = [t for t, p in waiting if _matches(params, p)]
+        covered = next((t for t, p in covering if _matches(params, p)), None)
+        if covered is not None:
+            state = "running" if covered.state == TrialState.RUNNING else "done"
             for t in copies:
-                state = "done" if covered[0] in done else "running"
-                records.withdraw(study, t, f"a copy of the run of trial {covered[0]}, which is {state}")
+                records.withdraw(study, t, f"a copy of the run of trial {covered.number}, which is {state}")
             continue
         queued += 1
         if not copies:
