@@ -54,7 +54,7 @@ from analysis.lib.overfitting import (
     twins,
 )
 from analysis.lib.stats import MeanCI, mean_ci
-from analysis.lib.tuning import searches_of, tuned, tuning_blocks
+from analysis.lib.tuning import pruning_fidelity, searches_of, tuned, tuning_blocks
 from study.lib import records
 from study.lib.config import validation_size
 from study.lib.jsonsafe import finite_or_none
@@ -251,6 +251,8 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     summary = headline(analyses, where)
     searches = searches_of(studies)
     tuning = tuned(studies.get("replicate"), searches, studies.get("search"))
+    if tuning and searches:
+        tuning["pruning_fidelity"] = pruning_fidelity(grid, searches)
     blocks: list[Block] = [
         Paragraph(summary),
         Paragraph(f"Scale: {where['model']}, {where['train_subset']} training images, validation "

@@ -13,11 +13,13 @@ accumulation value's best searched configuration.
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from scipy.stats import spearmanr
 
 from analysis.lib.compare import best_so_far
 from analysis.lib.document import Block, Figure, Heading, Paragraph, Table
@@ -105,6 +107,61 @@ def tuned(
     return out
 
 
+def pruning_fidelity(grid: optuna.Study, searches: dict[int, optuna.Study]) -> dict[str, Any] | None:
+    """Would the pruner have kept the right trials? Hyperband stops a search trial at a rung, on its
+    validation accuracy there. The grid's runs (never pruned; the same data, protocol and epochs)
+    say how well the ranking at each epoch where a search pruned predicts the ranking at the
+    searches' last epoch: Spearman's rank correlation per accumulation value, n = grid runs. None
+    when no search pruned a trial."""
+    pruned = [t for s in searches.values() for t in s.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+              if t.intermediate_values]  # fmt: skip
+    finals = {c["epochs"] for s in searches.values() for t in s.get_trials(deepcopy=False) if (c := records.config(t))}
+    if not pruned or len(finals) != 1:
+        return None
+    (final,) = finals
+    pruned_at = Counter(max(t.intermediate_values) for t in pruned)
+    curves: dict[int, list[dict[int, float]]] = defaultdict(list)
+    for t in grid.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        history, cfg = records.history(t), records.config(t)
+        if history and cfg:
+            curves[cfg["accumulation_steps"]].append(dict(zip(history["epoch"], history["val_accuracy"], strict=True)))
+    correlation: dict[str, dict[str, dict[str, float]]] = {}
+    for value in sorted(searches):
+        correlation[str(value)] = {}
+        for epoch in sorted(pruned_at):
+            pairs = [(c[epoch], c[final]) for c in curves.get(value, []) if epoch in c and final in c]
+            early, last = zip(*pairs, strict=True) if pairs else ((), ())
+            ranked = len(set(early)) > 1 and len(set(last)) > 1  # a correlation needs no all-tied side
+            rho = float(spearmanr(early, last).statistic) if len(pairs) >= 3 and ranked else math.nan
+            correlation[str(value)][str(epoch)] = {"spearman": rho, "n": len(pairs)}
+    finished = sum(len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+                   for s in searches.values())  # fmt: skip
+    return {"final_epoch": final, "trials": finished,
+            "pruned_at": {str(e): pruned_at[e] for e in sorted(pruned_at)}, "rank_correlation": correlation}  # fmt: skip
+
+
+def _rho(value: float) -> str:
+    return "undefined" if math.isnan(value) else f"{value:.2f}"
+
+
+def fidelity_paragraph(fidelity: dict[str, Any]) -> Paragraph:
+    """The pruner's evidence in words: where it stopped trials, and how well the grid's ranking there
+    predicts the ranking at the end."""
+    where = ", ".join(f"{n} at epoch {e}" for e, n in fidelity["pruned_at"].items())
+    per_value = "; ".join(
+        f"accumulation {v}: " + ", ".join(f"{_rho(c['spearman'])} at epoch {e} (n = {c['n']} runs)" for e, c in by_epoch.items())
+        for v, by_epoch in fidelity["rank_correlation"].items()
+    )  # fmt: skip
+    return Paragraph(
+        f"Pruning: Hyperband stopped {sum(fidelity['pruned_at'].values())} of the searches' {fidelity['trials']} "
+        f"finished trials ({where}), on their validation accuracy there. How well that early ranking predicts the ranking "
+        f"at epoch {fidelity['final_epoch']}, over the grid's runs, which are never pruned (Spearman's rank "
+        f"correlation): {per_value}. The grid's runs differ in batch size and lr scaling, not in the searched "
+        "regularization, so this is a guide to the pruner's evidence, not a measurement of it; a weak correlation "
+        "means the search may have stopped configurations that would have ended best."
+    )
+
+
 def tuning_figure(searches: dict[int, optuna.Study], *, name: str = "tuning") -> Figure:
     """Each accumulation value's best validation accuracy so far against its trials and against
     the epochs it trained (pruned trials included): equal effort on both axes."""
@@ -148,7 +205,8 @@ def importance_per_stratum(
 
 
 def tuning_blocks(tuning: dict[str, Any], searches: dict[int, optuna.Study]) -> list[Block]:
-    """The section: the searches' effort, the replicated configurations, the paired differences."""
+    """The section: the searches' effort and their pruner's evidence, the replicated configurations,
+    the paired differences."""
     rows = [[v, ", ".join(f"{k}={x:.3g}" if isinstance(x, float) else f"{k}={x}" for k, x in tuning["configs"][v].items()),
              *(f"{tuning['per_value'][v][k].format(3, signed=False)}" for k in SCORES), str(len(tuning["seeds"][v]))]
             for v in tuning["configs"]]  # fmt: skip
@@ -159,6 +217,7 @@ def tuning_blocks(tuning: dict[str, Any], searches: dict[int, optuna.Study]) -> 
                   + f"; pruning {tuning['pruning']}. The best configuration of each accumulation value, re-run without "
                   "pruning over the same fresh seeds:"),
         Table(["accumulation", "configuration", "test acc", "val acc", "seeds"], rows),
+        *([fidelity_paragraph(tuning["pruning_fidelity"])] if tuning.get("pruning_fidelity") else []),
     ]  # fmt: skip
     for n, diff in tuning["difference"].items():
         for where, d in diff.items():

@@ -11,7 +11,7 @@ from optuna.trial import TrialState, create_trial
 
 from analysis.lib.document import Paragraph
 from analysis.lib.stats import welch
-from analysis.lib.tuning import importance_per_stratum, tuned
+from analysis.lib.tuning import fidelity_paragraph, importance_per_stratum, pruning_fidelity, tuned
 from study.lib.experiment import steps, study_names
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -146,3 +146,41 @@ def test_importance_per_accumulation_value_names_the_planted_parameter():
     lines = [b.text for b in blocks if isinstance(b, Paragraph)]
     standing = [line for line in lines if "stands out" in line]
     assert len(standing) == 2 and all(line.startswith("base_lr stands out") for line in standing)
+
+
+def _grid_run(study: optuna.Study, accumulation: int, curve: dict[int, float]) -> None:
+    """A completed grid run with its per-epoch validation accuracy."""
+    history = {"epoch": list(curve), "val_accuracy": list(curve.values())}
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=curve[max(curve)],
+                                 user_attrs={"config": {"accumulation_steps": accumulation, "epochs": max(curve)},
+                                             "history": history}))  # fmt: skip
+
+
+def test_pruning_fidelity_says_whether_the_early_ranking_predicts_the_last():
+    """Planted: with accumulation 1 the grid's ranking at epoch 5 is the ranking at epoch 20; with
+    accumulation 4 it is reversed (the early leaders end last), so the pruner's evidence is wrong."""
+    grid = optuna.create_study(direction="maximize")
+    for i in range(6):
+        _grid_run(grid, 1, {5: 0.2 + 0.01 * i, 10: 0.3, 20: 0.5 + 0.01 * i})
+        _grid_run(grid, 4, {5: 0.2 + 0.01 * i, 10: 0.3, 20: 0.5 - 0.01 * i})
+    searches = {}
+    for value in (1, 4):
+        search = optuna.create_study(direction="maximize")
+        config = {"accumulation_steps": value, "epochs": 20}
+        search.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, intermediate_values={5: 0.2, 20: 0.5},
+                                      user_attrs={"config": config}))  # fmt: skip
+        for stopped_at in (5, 5, 10):
+            search.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={e: 0.1 for e in (5, 10) if e <= stopped_at},
+                                          user_attrs={"config": config}))  # fmt: skip
+        searches[value] = search
+    fidelity = pruning_fidelity(grid, searches)
+    assert fidelity["final_epoch"] == 20 and fidelity["trials"] == 8
+    assert fidelity["pruned_at"] == {"5": 4, "10": 2}
+    at5 = {v: fidelity["rank_correlation"][v]["5"] for v in ("1", "4")}
+    assert at5["1"] == {"spearman": pytest.approx(1.0), "n": 6}
+    assert at5["4"]["spearman"] == pytest.approx(-1.0)
+    assert math.isnan(fidelity["rank_correlation"]["1"]["10"]["spearman"])  # every run ties at epoch 10
+    assert "undefined at epoch 10" in fidelity_paragraph(fidelity).text
+    assert "-1.00 at epoch 5 (n = 6 runs)" in fidelity_paragraph(fidelity).text
+    unpruned = {v: optuna.create_study(direction="maximize") for v in (1, 4)}
+    assert pruning_fidelity(grid, unpruned) is None  # nothing was pruned: nothing to judge
