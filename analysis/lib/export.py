@@ -49,6 +49,7 @@ FINAL_COLUMNS = (  # the run's status, its final metrics, why it failed
     "epochs_trained",
     records.FAIL_REASON,
 )
+CHECKPOINT_COLUMNS = ("val_accuracy", "test_accuracy")  # per checkpoint epoch: the test split is scored only there
 HISTORY_COLUMNS = (
     "optimizer_steps",
     "samples_seen",
@@ -70,9 +71,12 @@ def _final(t: optuna.trial.FrozenTrial, name: str) -> Any:
 
 def run_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per finished trial of ``study`` (complete, pruned or failed): a trial still waiting
-    or running, in a study exported while it runs, has nothing to show yet."""
+    or running, in a study exported while it runs, has nothing to show yet. Runs recorded whole at
+    checkpoint epochs (the grid's epoch points; a step-matched replicate at both of its lengths) add
+    ``val_accuracy_epochE`` and ``test_accuracy_epochE`` per checkpoint epoch E of the study."""
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     params = sorted({name for t in finished for name in t.params})
+    marks = sorted({int(e) for t in finished for e in records.checkpoints(t)})
     rows = []
     for t in finished:
         config = records.config(t) or {}
@@ -81,6 +85,8 @@ def run_rows(study: optuna.Study) -> list[dict[str, Any]]:
         row["value"] = t.values[0] if t.values else None
         row |= {name: config.get(name) for name in CONFIG_COLUMNS}
         row |= {name: _final(t, name) for name in FINAL_COLUMNS}
+        at = records.checkpoints(t)
+        row |= {f"{k}_epoch{e}": at.get(str(e), {}).get(k) for e in marks for k in CHECKPOINT_COLUMNS}
         rows.append(row)
     return rows
 

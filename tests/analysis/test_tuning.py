@@ -3,6 +3,7 @@ planted answer: no training."""
 
 import math
 import random
+import statistics
 
 import optuna
 import pytest
@@ -10,6 +11,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from analysis.lib.document import Paragraph
+from analysis.lib.export import run_rows
 from analysis.lib.stats import welch
 from analysis.lib.tuning import fidelity_paragraph, importance_per_stratum, pruning_fidelity, tuned
 from study.lib.experiment import steps, study_names
@@ -184,3 +186,18 @@ def test_pruning_fidelity_says_whether_the_early_ranking_predicts_the_last():
     assert "-1.00 at epoch 5 (n = 6 runs)" in fidelity_paragraph(fidelity).text
     unpruned = {v: optuna.create_study(direction="maximize") for v in (1, 4)}
     assert pruning_fidelity(grid, unpruned) is None  # nothing was pruned: nothing to judge
+
+
+def test_the_replication_csv_holds_what_the_tuned_comparison_reads():
+    """A reader re-derives the paired differences from replicate-runs.csv alone: each run's scores
+    at every checkpoint epoch (a step-matched run at both of its lengths)."""
+    study = _replicate(0.02)
+    rows = run_rows(study)
+    by = {(r["accumulation_steps"], r["seed"]): r for r in rows}
+    assert {"test_accuracy_epoch10", "test_accuracy_epoch40", "val_accuracy_epoch40"} <= set(rows[0])
+    assert by[(1, 1)]["test_accuracy_epoch40"] is None  # the accumulation-1 runs stop at 10 epochs
+    seeds = sorted({r["seed"] for r in rows})
+    for col, where, base_col in (("test_accuracy_epoch40", "matched_steps", "test_accuracy_epoch10"),
+                                 ("test_accuracy_epoch10", "equal_epochs", "test_accuracy_epoch10")):  # fmt: skip
+        from_csv = statistics.fmean(by[(4, s)][col] - by[(1, s)][base_col] for s in seeds)
+        assert from_csv == pytest.approx(tuned(study)["difference"]["4"][where]["test_accuracy"].mean)
