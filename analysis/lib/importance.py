@@ -225,6 +225,15 @@ def rung(trials: list[FrozenTrial], *, at_least: int = 0) -> int | None:
     return max(enough or reached) if reached else None
 
 
+def _trials_needed(have: int, finished: int, needed: int) -> str:
+    """How many finished trials would give ``needed`` usable ones at the study's rate so far (a
+    pruned search completes only some of its trials)."""
+    if have == 0 or have >= finished:
+        return ""
+    return (f"; at this study's rate ({have} of {finished} finished trials) that takes about "
+            f"{math.ceil(needed * finished / have)} trials")  # fmt: skip
+
+
 def importance(
     study: optuna.Study, params: list[str], *, seed: int, resamples: int = BOOTSTRAP
 ) -> list[Importance]:
@@ -259,7 +268,7 @@ def importance(
         if len(view) < needed:
             result.declined = (
                 f"{len(view)} trial(s) with a finite {name}: importance needs at least {needed} "
-                f"(2 per searched parameter, at least 10), so none is shown"
+                f"(2 per searched parameter, at least 10), so none is shown" + _trials_needed(len(view), len(usable), needed)
             )
         elif len(set(values.values())) < 2:
             result.declined = f"{name} is constant on its {len(view)} trials: there is nothing to rank"

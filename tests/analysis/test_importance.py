@@ -193,3 +193,13 @@ def test_bad_bootstrap_is_one_line_exit_2(tmp_path, value):
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "--bootstrap" in proc.stderr
+
+
+def test_a_pruned_search_too_small_is_told_how_many_trials_it_would_need():
+    # 6 complete and 18 pruned: a quarter of the finished trials complete, so 10 completed ones take
+    # about 40 trials at that rate
+    results = importance(synthetic(6, pruned_at=(1,) * 18), PARAMS, seed=0, resamples=5)
+    objective = results[0]
+    assert not objective.shown
+    assert objective.declined.endswith("at this study's rate (6 of 24 finished trials) that takes about 40 trials")
+    assert "that takes" not in importance(synthetic(4), PARAMS, seed=0)[0].declined  # nothing pruned: no rate to tell
