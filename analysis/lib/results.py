@@ -251,8 +251,9 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     summary = headline(analyses, where)
     searches = searches_of(studies)
     tuning = tuned(studies.get("replicate"), searches, studies.get("search"))
+    grid_runs = runs_from_study(grid)
     if tuning and searches:
-        tuning["pruning_fidelity"] = pruning_fidelity(grid, searches)
+        tuning["pruning_fidelity"] = pruning_fidelity(grid_runs, searches)
     blocks: list[Block] = [
         Paragraph(summary),
         Paragraph(f"Scale: {where['model']}, {where['train_subset']} training images, validation "
@@ -268,8 +269,8 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
         "headline": summary.replace("**", ""),
         "scale": where,
         "arms": [{**a.to_dict(), "reason": reason(a)} for a in analyses],
-        "equivalence": [t.__dict__ for t in twins(runs_from_study(grid))],
-        "baseline_overfits": baseline_criterion(runs_from_study(grid), where["epoch_points"] or [])
+        "equivalence": [t.__dict__ for t in twins(grid_runs)],
+        "baseline_overfits": baseline_criterion(grid_runs, where["epoch_points"] or [])
         if where["epoch_points"]
         else None,
         "lr_scaling_recovery": recovery(analyses),

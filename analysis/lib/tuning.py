@@ -25,6 +25,7 @@ from analysis.lib.compare import best_so_far
 from analysis.lib.document import Block, Figure, Heading, Paragraph, Table
 from analysis.lib.figures import png, pyplot
 from analysis.lib.importance import importance, importance_blocks, searched_params
+from analysis.lib.overfitting import Run
 from analysis.lib.stats import MeanCI, mean_ci
 from study.lib import records
 
@@ -107,9 +108,10 @@ def tuned(
     return out
 
 
-def pruning_fidelity(grid: optuna.Study, searches: dict[int, optuna.Study]) -> dict[str, Any] | None:
+def pruning_fidelity(grid_runs: list[Run], searches: dict[int, optuna.Study]) -> dict[str, Any] | None:
     """Would the pruner have kept the right trials? Hyperband stops a search trial at a rung, on its
-    validation accuracy there. The grid's runs (never pruned; the same data, protocol and epochs)
+    validation accuracy there. The grid's runs (``runs_from_study``: never pruned; the same data,
+    protocol and epochs)
     say how well the ranking at each epoch where a search pruned predicts the ranking at the
     searches' last epoch: Spearman's rank correlation per accumulation value, n = grid runs. None
     when no search pruned a trial."""
@@ -121,10 +123,8 @@ def pruning_fidelity(grid: optuna.Study, searches: dict[int, optuna.Study]) -> d
     (final,) = finals
     pruned_at = Counter(max(t.intermediate_values) for t in pruned)
     curves: dict[int, list[dict[int, float]]] = defaultdict(list)
-    for t in grid.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        history, cfg = records.history(t), records.config(t)
-        if history and cfg:
-            curves[cfg["accumulation_steps"]].append(dict(zip(history["epoch"], history["val_accuracy"], strict=True)))
+    for run in grid_runs:
+        curves[run.accumulation_steps].append(dict(zip(run.epochs, run.history["val_accuracy"], strict=True)))
     correlation: dict[str, dict[str, dict[str, float]]] = {}
     for value in sorted(searches):
         correlation[str(value)] = {}

@@ -12,6 +12,7 @@ from optuna.trial import TrialState, create_trial
 
 from analysis.lib.document import Paragraph
 from analysis.lib.export import run_rows
+from analysis.lib.overfitting import runs_from_study
 from analysis.lib.stats import welch
 from analysis.lib.tuning import fidelity_paragraph, importance_per_stratum, pruning_fidelity, tuned
 from study.lib.experiment import steps, study_names
@@ -153,9 +154,10 @@ def test_importance_per_accumulation_value_names_the_planted_parameter():
 def _grid_run(study: optuna.Study, accumulation: int, curve: dict[int, float]) -> None:
     """A completed grid run with its per-epoch validation accuracy."""
     history = {"epoch": list(curve), "val_accuracy": list(curve.values())}
+    config = {"dataset": "digits", "batch_size": 32, "accumulation_steps": accumulation, "lr_scaling": "none",
+              "seed": len(study.trials), "epochs": max(curve)}  # fmt: skip
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=curve[max(curve)],
-                                 user_attrs={"config": {"accumulation_steps": accumulation, "epochs": max(curve)},
-                                             "history": history}))  # fmt: skip
+                                 user_attrs={"config": config, "history": history}))  # fmt: skip
 
 
 def test_pruning_fidelity_says_whether_the_early_ranking_predicts_the_last():
@@ -175,7 +177,7 @@ def test_pruning_fidelity_says_whether_the_early_ranking_predicts_the_last():
             search.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={e: 0.1 for e in (5, 10) if e <= stopped_at},
                                           user_attrs={"config": config}))  # fmt: skip
         searches[value] = search
-    fidelity = pruning_fidelity(grid, searches)
+    fidelity = pruning_fidelity(runs_from_study(grid), searches)
     assert fidelity["final_epoch"] == 20 and fidelity["trials"] == 8
     assert fidelity["pruned_at"] == {"5": 4, "10": 2}
     at5 = {v: fidelity["rank_correlation"][v]["5"] for v in ("1", "4")}
@@ -185,7 +187,7 @@ def test_pruning_fidelity_says_whether_the_early_ranking_predicts_the_last():
     assert "undefined at epoch 10" in fidelity_paragraph(fidelity).text
     assert "-1.00 at epoch 5 (n = 6 runs)" in fidelity_paragraph(fidelity).text
     unpruned = {v: optuna.create_study(direction="maximize") for v in (1, 4)}
-    assert pruning_fidelity(grid, unpruned) is None  # nothing was pruned: nothing to judge
+    assert pruning_fidelity(runs_from_study(grid), unpruned) is None  # nothing was pruned: nothing to judge
 
 
 def test_the_replication_csv_holds_what_the_tuned_comparison_reads():
