@@ -106,7 +106,6 @@ def build_parser() -> ArgumentParser:
     add_workers_flags(parser, what="the runs to do")
     add_checkpoint_flags(parser)
     # Internal: how many queued runs a worker process of --workers takes.
-    parser.add_argument("--worker-runs", type=int, default=None, help=argparse.SUPPRESS)
     add_training_flags(parser)
     return parser
 
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 design, args, raw, run=run, url=url, note=note, arms=arms, store=checkpoints(PROG, args, url)
             )
             code = execute(plan, url, prog=PROG, module=PROG, argv=argv, workers=args.workers,
-                           worker_index=args.worker_index, worker_trials=args.worker_runs, quiet=args.quiet)  # fmt: skip
+                           worker_index=args.worker_index, quiet=args.quiet)  # fmt: skip
         except StudyError as exc:
             fail(PROG, str(exc))
         except ValueError as exc:  # a run of the grid TrainConfig rejects, e.g. an effective batch too large

@@ -11,7 +11,6 @@ gap, next to the original value.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import optuna
@@ -57,7 +56,6 @@ def build_parser() -> ArgumentParser:
     add_workers_flags(parser, what="the re-runs")
     add_checkpoint_flags(parser)
     # Internal: how many queued re-runs a worker process of --workers takes.
-    parser.add_argument("--worker-runs", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--format", choices=FORMATS, default="table")
     add_training_flags(parser)
     return parser
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                               header=f"replicating {len(chosen)} trial(s) of {', '.join(args.study)} with {args.seeds} seeds "
                               f"into {name}" + (" (step-matched)" if args.step_matched else ""))  # fmt: skip
         code = execute(plan, url, prog=PROG, module=PROG, argv=argv, workers=args.workers,
-                       worker_index=args.worker_index, worker_trials=args.worker_runs, quiet=args.quiet)  # fmt: skip
+                       worker_index=args.worker_index, quiet=args.quiet)  # fmt: skip
         if args.worker_index is not None:  # a worker: the parent reports
             return code
         (replicas,) = load_studies([name], url)

@@ -298,7 +298,7 @@ def grid_plan(design: GridDesign, args: Any, raw: Any, *, run: dict[str, Any], u
         prepare=lambda study, existed: records.describe_grid(study, epoch_points=design.epoch_points, arms=arms,
                                                              description=design.description, new=not existed),
         header=header,
-        worker_flags=lambda share: ["--study-name", study_name, "--budget", args.budget, "--worker-runs", str(share),
+        worker_flags=lambda share: ["--study-name", study_name, "--budget", args.budget,
                                     "--models", family_of(design.settings["model"])],
         footer=f"verdict: python -m analysis.overfitting --study {study_name}"
         + ("" if args.storage is None else f" --storage '{mask(url)}'"),

@@ -107,7 +107,7 @@ def replicate_plan(chosen_sources: dict[str, dict[str, Any]], raw: Any, *, name:
         pruner=optuna.pruners.NopPruner(), objective=Objective(configure, raw, points=checkpoints, store=store),
         runs=[{"source": k, "seed": s} for k in keys for s in chosen_sources[k]["seeds"]],
         header=lambda study, existed, todo: f"{header}: {todo} runs to do", stream=stream,
-        worker_flags=lambda share: ["--new-study", name, "--worker-runs", str(share)],
+        worker_flags=lambda share: ["--new-study", name],  # its workers take queued runs until none is left
     )  # fmt: skip
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -36,7 +38,7 @@ from study.lib.storage import (
     study_exists,
     tune_for_writing,
 )
-from study.lib.workers import optimize_guarded, settled, supervise
+from study.lib.workers import QUEUE_LOCK_ENV, QueueClaim, optimize_guarded, settled, supervise
 
 if TYPE_CHECKING:  # the objective imports torch; opening a study for analysis must not
     from study.lib.objective import Objective
@@ -163,27 +165,32 @@ def run_worker_processes(
     command: Callable[[int, int], list[str]],
     prog: str,
     quiet: bool,
+    drain: bool = False,
 ) -> int:
     """Start ``workers`` processes (``command(index, share) -> argv``) that run ``total`` trials of
-    ``study`` between them in exact shares, replace any that a signal kills
-    (``study.lib.workers.supervise``), and show the progress read from the storage. Returns 0 when
-    every share finished."""
+    ``study`` between them, replace any that a signal kills (``study.lib.workers.supervise``), and
+    show the progress read from the storage. A search's workers run exact shares; with ``drain``
+    (the ``total`` trials are queued), each takes queued trials until none is left
+    (``optimize_queued``). Returns 0 when every worker finished."""
     env = {**os.environ, STORAGE_ENV: url}  # the URL (and any password) stays off the command line
     # One process per worker, each with all the cores' threads, would oversubscribe the CPU
     # (two workers on two cores ran a quick trial 100x slower): split the cores among them.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     bar = progress_bar(total, quiet=quiet)
-    try:
-        return supervise(
-            study,
-            shares(total, workers),
-            command,
-            env,
-            prog=prog,
-            progress=lambda done: bar.update(done - bar.n),
-        )
-    finally:
-        bar.close()
+    with tempfile.TemporaryDirectory(prefix="study-queue-") as folder:
+        env[QUEUE_LOCK_ENV] = os.path.join(folder, "lock")
+        try:
+            return supervise(
+                study,
+                shares(total, workers),
+                command,
+                env,
+                prog=prog,
+                progress=lambda done: bar.update(done - bar.n),
+                drain=drain,
+            )
+        finally:
+            bar.close()
 
 
 def progress_bar(total: int, *, quiet: bool) -> tqdm:
@@ -281,6 +288,33 @@ def optimize(
         )
     finally:
         bar.close()
+
+
+def optimize_queued(
+    study: optuna.Study,
+    objective: Objective,
+    *,
+    lock: str | None,
+    timeout: float | None = None,
+    prefix: str = "",
+    stream: TextIO = sys.stdout,
+) -> None:
+    """Run the study's queued (WAITING) trials one after another until none is left: a worker of a
+    grid or a replication, whose runs are all queued, takes the next run when it finishes one, so
+    a worker that drew short runs does not wait while another runs the long ones. ``lock``: the
+    file the workers share (``study.lib.workers.QueueClaim``), so none takes a trial nobody queued."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        with QueueClaim(lock) as claim:
+            if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                return
+
+            def claimed(trial: optuna.Trial, claim: QueueClaim = claim) -> Any:
+                claim.release()  # Optuna has taken this trial out of the queue: the next worker may look
+                return objective(trial)
+
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            optimize(study, claimed, n_trials=1, timeout=left, quiet=True, prefix=prefix, stream=stream)
 
 
 def _matches(params: dict[str, Any], other: dict[str, Any]) -> bool:
@@ -402,8 +436,8 @@ def execute(
 ) -> int:
     """Open (or resume) the plan's study and run its trials: here, or in ``workers`` processes
     (``python -m module``, each given the parent's own flags and ``plan.worker_flags``), then print
-    the summary. A worker process (``worker_index`` set) only runs its ``worker_trials`` trials.
-    Returns the exit code.
+    the summary. A worker process (``worker_index`` set) runs its ``worker_trials`` trials of a
+    search, or the queued runs of a grid or a replication until none is left. Returns the exit code.
 
     Raises:
         StudyError: the storage is unusable, or the study exists with another identity.
@@ -413,8 +447,12 @@ def execute(
     plan.on_open(study, existed)
     if worker_index is not None:  # a worker of --workers: the parent prepared and queued everything
         prefix = f"[worker {worker_index}] "
-        optimize(study, plan.objective, n_trials=worker_trials or plan.n_trials, timeout=plan.timeout, quiet=True,
-                 prefix=prefix, stream=plan.stream)  # fmt: skip
+        if plan.runs is not None:  # every run is queued: take them until none is left
+            optimize_queued(study, plan.objective, lock=os.environ.get(QUEUE_LOCK_ENV), timeout=plan.timeout,
+                            prefix=prefix, stream=plan.stream)  # fmt: skip
+        else:
+            optimize(study, plan.objective, n_trials=worker_trials or plan.n_trials, timeout=plan.timeout,
+                     quiet=True, prefix=prefix, stream=plan.stream)  # fmt: skip
         return 0
     plan.prepare(study, existed)
     todo = plan.n_trials
@@ -427,7 +465,7 @@ def execute(
     code = 0
     if todo and workers > 1:
         code = run_worker_processes(
-            study, url, total=todo, workers=workers, prog=prog, quiet=quiet,
+            study, url, total=todo, workers=workers, prog=prog, quiet=quiet, drain=plan.runs is not None,
             command=lambda index, share: worker_argv(module, argv, index=index, resolved=plan.worker_flags(share)),
         )  # fmt: skip
     elif todo:

@@ -11,11 +11,14 @@
   trials it still owed, once its orphaned RUNNING trial has been failed through the heartbeat and
   queued for retry (``study.lib.storage``); the command still ends with exactly the requested number
   of finished trials. Workers on other machines have no parent: for them the heartbeat alone fails
-  and retries a lost trial, at the next trial any worker starts.
+  and retries a lost trial, at the next trial any worker starts. The workers of a grid or a
+  replication, whose runs are all queued beforehand, drain the queue instead of running a fixed
+  share (``QueueClaim``): a worker that drew short runs takes the next one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -34,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from study.lib import records
 from study.lib.storage import heartbeat_settings, retry_callback
 
+QUEUE_LOCK_ENV = "STUDY_QUEUE_LOCK"  # the file the workers of one command lock to take a queued trial
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 INTERRUPTED = "interrupted"  # user attr status of a trial stopped by Ctrl-C
 INTERRUPTED_REASON = "interrupted by Ctrl-C (SIGINT); queued to run again when the study resumes"
@@ -157,6 +161,30 @@ def _trial(study: optuna.Study, number: int) -> FrozenTrial | None:
     return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
 
 
+class QueueClaim:
+    """An exclusive lock (``fcntl.flock``) on a file that the workers of one command share, held
+    from a worker's look at the queue until Optuna has taken the trial out of it (``release``), so
+    that two workers never both see the last queued trial and the second then create a trial
+    nobody queued. ``path`` None (one process): no lock."""
+
+    def __init__(self, path: str | None) -> None:
+        self._file = None if path is None else open(path, "a")  # noqa: SIM115 (closed by release)
+
+    def __enter__(self) -> QueueClaim:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        return self
+
+    def release(self) -> None:
+        """Let the next worker look at the queue (the lock ends with the file; a second call does nothing)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
 # --- the parent of --workers N --------------------------------------------------------------------
 
 
@@ -165,7 +193,8 @@ class _Slot:
     """One worker's share of the trials, across the processes that run it (restarts)."""
 
     index: int  # worker index of the first process (seed offset, output prefix)
-    owed: int  # trials still to finish
+    owed: int  # trials still to finish (a draining worker: runs queued trials until none is left)
+    drain: bool = False
     proc: subprocess.Popen | None = None
     tag: str = ""  # worker tag of proc
     restarts: int = 0
@@ -183,20 +212,23 @@ def supervise(
     max_restarts: int = 3,
     poll_seconds: float = 0.5,
     progress: Callable[[int], None] | None = None,
-    log: TextIO = sys.stderr,
+    log: TextIO | None = None,
+    drain: bool = False,
 ) -> int:
     """Run one worker process per share and replace the ones a signal kills.
 
     Args:
         study: The study the workers share (the parent's handle, for progress and recovery).
-        shares: Trials each worker runs.
+        shares: Trials each worker runs; with ``drain``, only which workers start (a share > 0).
         command: ``(worker index, n_trials) -> argv`` of a worker process.
         env: The workers' environment (the storage URL travels here, never on a command line).
         prog: Prefix of the lines printed on ``log``.
         max_restarts: Replacements per share before giving up on it.
         poll_seconds: How often processes and the storage are checked.
         progress: Called with the number of trials the workers have finished so far.
-        log: Where restarts and failures are reported.
+        log: Where restarts and failures are reported (default: the standard error at the call).
+        drain: The workers run queued trials until none is left (a grid's or a replication's runs,
+            all queued beforehand), so one that drew short runs takes the next instead of waiting.
 
     Returns:
         0 when every share was finished, 1 when a worker exited with an error or a share was given
@@ -205,8 +237,9 @@ def supervise(
     Raises:
         Interrupted: on Ctrl-C, once every worker has stopped and recorded its trial.
     """
+    log = sys.stderr if log is None else log
     host = socket.gethostname()
-    slots = [_Slot(index=i, owed=share) for i, share in enumerate(shares) if share > 0]
+    slots = [_Slot(index=i, owed=share, drain=drain) for i, share in enumerate(shares) if share > 0]
     tags: set[str] = set()
     errors: list[str] = []
 
@@ -264,7 +297,10 @@ def _poll(
     for slot in slots:
         if slot.lost_tag is not None and not _orphans(study, slot.lost_tag):
             slot.lost_tag = None
-            if slot.owed > 0:
+            if slot.drain:
+                index = start(slot)
+                print(f"{prog}: worker {index} took the place of worker {slot.index}", file=log)
+            elif slot.owed > 0:
                 index = start(slot)
                 print(f"{prog}: worker {index} took over the {slot.owed} remaining trial(s) of worker {slot.index}",
                       file=log)  # fmt: skip
@@ -287,18 +323,18 @@ def _reap(
     except ValueError:
         name = f"signal {-code}"
     slot.lost_tag, slot.lost_at = slot.tag, time.monotonic()  # its orphaned trial is failed first
-    if slot.owed <= 0:
+    if slot.owed <= 0 and not slot.drain:
         return
     if slot.restarts >= max_restarts:
-        errors.append(
-            f"worker {slot.index} was killed by {name} {slot.restarts + 1} times; {slot.owed} trial(s) not run"
-        )
-        slot.owed = 0
+        left = "its queued runs were left to the others" if slot.drain else f"{slot.owed} trial(s) not run"
+        errors.append(f"worker {slot.index} was killed by {name} {slot.restarts + 1} times; {left}")
+        slot.owed, slot.drain = 0, False
         return
     slot.restarts += 1
     print(
         f"{prog}: worker {slot.index} (pid {slot.tag.rsplit(':', 1)[1]}) was killed by {name}; its running trial "
-        "is failed through the heartbeat and retried, then a new worker runs its remaining trials",
+        "is failed through the heartbeat and retried, then a new worker runs "
+        + ("queued trials" if slot.drain else "its remaining trials"),
         file=log,
     )
 
