@@ -437,3 +437,17 @@ def test_bad_input_across_the_clis_exits_2_with_one_line_and_leaves_storage_alon
     assert len(cases) >= 10
     assert _digest(db) == before
     assert sorted(tmp_path.rglob("*")) == files_before  # no new database, folder or report
+
+
+def test_ctrl_c_between_steps_says_interrupted_in_one_line(capsys):
+    """A Ctrl-C that reaches a command outside any trial (KeyboardInterrupt with no message) still
+    says what happened, and exits with the conventional 130."""
+    from study.lib.workers import EXIT_INTERRUPTED, run_main
+
+    def main() -> int:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        run_main("study.experiment", main)
+    assert stop.value.code == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "study.experiment: interrupted; run the same command to resume\n"

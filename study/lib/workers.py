@@ -413,6 +413,6 @@ def run_main(prog: str, main: Callable[[], int], *, quiet: bool = False) -> NoRe
         code = main()
     except KeyboardInterrupt as exc:
         if not quiet:
-            print(f"{prog}: {exc or 'interrupted'}; run the same command to resume", file=sys.stderr)
+            print(f"{prog}: {str(exc) or 'interrupted'}; run the same command to resume", file=sys.stderr)
         code = EXIT_INTERRUPTED
     raise SystemExit(code)
