@@ -105,7 +105,6 @@ def build_parser() -> ArgumentParser:
     )
     add_workers_flags(parser, what="the runs to do")
     add_checkpoint_flags(parser)
-    # Internal: how many queued runs a worker process of --workers takes.
     add_training_flags(parser)
     return parser
 

@@ -55,7 +55,6 @@ def build_parser() -> ArgumentParser:
     add_storage_flag(parser)
     add_workers_flags(parser, what="the re-runs")
     add_checkpoint_flags(parser)
-    # Internal: how many queued re-runs a worker process of --workers takes.
     parser.add_argument("--format", choices=FORMATS, default="table")
     add_training_flags(parser)
     return parser

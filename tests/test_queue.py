@@ -6,6 +6,7 @@ The trials here do not train: the worker processes run a few lines of Python aga
 study, so each test takes seconds.
 """
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -16,9 +17,9 @@ from collections import Counter
 import optuna
 from optuna.trial import TrialState
 
-from study.lib.session import optimize_queued, run_worker_processes
+from study.lib.session import lost_runs, optimize_queued, run_worker_processes
 from study.lib.storage import open_storage, tune_for_writing
-from study.lib.workers import QueueClaim
+from study.lib.workers import QueueClaim, queue_lock
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -31,9 +32,10 @@ WORKER = textwrap.dedent("""
     from optuna.trial import TrialState
     from study.lib.session import optimize_queued
     from study.lib.storage import STORAGE_ENV, open_storage, tune_for_writing
-    from study.lib.workers import QUEUE_LOCK_ENV
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if "READY" in os.environ:  # started: now it looks at the queue
+        open(os.environ["READY"], "w").close()
     storage = open_storage(os.environ[STORAGE_ENV])
     tune_for_writing(storage)  # as every command's workers: two of them never pop one trial
     study = optuna.load_study(study_name="q", storage=storage)
@@ -54,7 +56,7 @@ WORKER = textwrap.dedent("""
             time.sleep(0.1)
         raise SystemExit("the short runs were left to this worker")
 
-    optimize_queued(study, objective, lock=os.environ.get(QUEUE_LOCK_ENV), prefix=f"[worker {sys.argv[1]}] ")
+    optimize_queued(study, objective, url=os.environ[STORAGE_ENV], prefix=f"[worker {sys.argv[1]}] ")
 """)
 
 
@@ -108,24 +110,100 @@ def test_a_killed_worker_is_replaced_and_its_run_retried_once(tmp_path, monkeypa
     assert "was killed by SIGKILL" in log and "took the place of worker" in log
 
 
-def test_no_worker_takes_a_queued_run_while_another_holds_the_claim(tmp_path):
-    """The claim is what keeps two workers from racing for the last queued run (the loser would
-    create a trial nobody queued): a worker waits for it, then drains the queue."""
+def test_a_worker_of_another_command_waits_while_one_holds_the_queue(tmp_path):
+    """The lock belongs to the study's queue, not to one command: a worker started by another
+    command waits while this process holds it, then drains the queue."""
     url = f"sqlite:///{tmp_path / 'q.db'}"
     study = queued_study(url, ["short", "short"])
-    lock = str(tmp_path / "lock")
-    env = {**os.environ, "STUDY_STORAGE": url, "STUDY_QUEUE_LOCK": lock, "OMP_NUM_THREADS": "1"}
-    with QueueClaim(lock):
+    ready = tmp_path / "ready"
+    env = {**os.environ, "STUDY_STORAGE": url, "READY": str(ready), "OMP_NUM_THREADS": "1"}
+    with QueueClaim(queue_lock(url, "q")):
         proc = subprocess.Popen([sys.executable, "-c", WORKER, "0"], env=env)
-        time.sleep(3.0)  # long enough to import and open the study; it must be waiting for the claim
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(2.0)  # from its start, opening the study takes well under this
         assert proc.poll() is None
         assert [t.state for t in study.get_trials()] == [TrialState.WAITING] * 2
     assert proc.wait(timeout=60) == 0
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
 
 
+def test_the_lock_is_held_from_the_look_at_the_queue_until_the_trial_is_taken(tmp_path, monkeypatch):
+    """Released before Optuna takes the trial, two workers could both see the last queued run and
+    one be handed a new trial; held through the run, the workers would take turns. So: held while
+    Optuna pops the queue, free while the objective runs."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    study = queued_study(url, ["short", "short"])
+    path = queue_lock(url, "q")
+
+    def held() -> bool:
+        with open(path, "a") as other:  # another open file: flock conflicts as with another process
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return False
+
+    seen = {"pop": [], "objective": []}
+    pop = study._pop_waiting_trial_id
+
+    def watched_pop():
+        seen["pop"].append(held())
+        return pop()
+
+    monkeypatch.setattr(study, "_pop_waiting_trial_id", watched_pop)
+
+    def objective(trial):
+        seen["objective"].append(held())
+        return 0.0
+
+    optimize_queued(study, objective, url=url)
+    assert seen == {"pop": [True, True], "objective": [False, False]}
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+
+
+def test_a_trial_nobody_queued_is_withdrawn_unrun(tmp_path):
+    """Should another process take the last queued run without the lock, Optuna hands this worker
+    a new trial: it is withdrawn without running the objective, and the worker stops."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    study = queued_study(url, ["short"])
+    ran = []
+    pop = study._pop_waiting_trial_id
+
+    def raced_pop():  # what the other process does between this worker's look and its pop
+        study._storage.set_trial_state_values(pop(), TrialState.RUNNING)
+        return None
+
+    study._pop_waiting_trial_id = raced_pop
+    optimize_queued(study, lambda trial: ran.append(trial.number) or 0.0, url=url)
+    assert ran == []
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.RUNNING, TrialState.FAIL]
+    assert trials[1].user_attrs["status"] == "withdrawn" and "not queued" in trials[1].user_attrs["fail_reason"]
+
+
 def test_draining_an_empty_queue_creates_no_trial(tmp_path):
     url = f"sqlite:///{tmp_path / 'q.db'}"
     study = queued_study(url, [])
-    optimize_queued(study, lambda trial: 0.0, lock=str(tmp_path / "lock"))
+    optimize_queued(study, lambda trial: 0.0, url=url)
     assert study.get_trials() == []
+
+
+def test_a_run_that_lost_every_attempt_is_named_once_the_queue_is_drained(tmp_path):
+    """After the workers, the command checks every run of its design: one settled (done, or failed
+    for a reason of its own) or running is fine; one whose attempts were all lost (FAIL, no reason)
+    is named, so the command does not exit 0 with a run missing."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    study = queued_study(url, ["short", "short", "short", "short"])
+    done, error, lost, running = (study.ask() for _ in range(4))
+    for trial in (done, error, lost, running):
+        trial.suggest_categorical("length", ["short", "long", "dies once"])
+        trial.suggest_int("run", 0, 100)
+    study.tell(done, 0.0)
+    error.set_user_attr("fail_reason", "RuntimeError: out of memory")
+    study.tell(error, state=TrialState.FAIL)
+    study.tell(lost, state=TrialState.FAIL)  # a killed worker's trial: no reason
+    runs = [{"length": "short", "run": r} for r in range(4)]
+    assert lost_runs(study, runs) == [{"length": "short", "run": 2}]

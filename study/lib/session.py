@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -38,7 +37,7 @@ from study.lib.storage import (
     study_exists,
     tune_for_writing,
 )
-from study.lib.workers import QUEUE_LOCK_ENV, QueueClaim, optimize_guarded, settled, supervise
+from study.lib.workers import QueueClaim, optimize_guarded, queue_lock, settled, supervise
 
 if TYPE_CHECKING:  # the objective imports torch; opening a study for analysis must not
     from study.lib.objective import Objective
@@ -177,20 +176,18 @@ def run_worker_processes(
     # (two workers on two cores ran a quick trial 100x slower): split the cores among them.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     bar = progress_bar(total, quiet=quiet)
-    with tempfile.TemporaryDirectory(prefix="study-queue-") as folder:
-        env[QUEUE_LOCK_ENV] = os.path.join(folder, "lock")
-        try:
-            return supervise(
-                study,
-                shares(total, workers),
-                command,
-                env,
-                prog=prog,
-                progress=lambda done: bar.update(done - bar.n),
-                drain=drain,
-            )
-        finally:
-            bar.close()
+    try:
+        return supervise(
+            study,
+            shares(total, workers),
+            command,
+            env,
+            prog=prog,
+            progress=lambda done: bar.update(done - bar.n),
+            drain=drain,
+        )
+    finally:
+        bar.close()
 
 
 def progress_bar(total: int, *, quiet: bool) -> tqdm:
@@ -290,27 +287,46 @@ def optimize(
         bar.close()
 
 
+class Unqueued(RuntimeError):
+    """A worker draining the queue was given a trial nobody queued (another process took the last
+    queued one without the queue's lock): the trial is withdrawn unrun and the worker stops."""
+
+
 def optimize_queued(
     study: optuna.Study,
     objective: Objective,
     *,
-    lock: str | None,
+    url: str,
     timeout: float | None = None,
     prefix: str = "",
     stream: TextIO = sys.stdout,
 ) -> None:
     """Run the study's queued (WAITING) trials one after another until none is left: a worker of a
     grid or a replication, whose runs are all queued, takes the next run when it finishes one, so
-    a worker that drew short runs does not wait while another runs the long ones. ``lock``: the
-    file the workers share (``study.lib.workers.QueueClaim``), so none takes a trial nobody queued."""
+    a worker that drew short runs does not wait while another runs the long ones. Every process
+    draining this study (at ``url``) on this machine looks at the queue and takes a trial under one
+    lock (``study.lib.workers.QueueClaim``), so none is handed a trial nobody queued; the trials of
+    lost workers are failed and their retries queued first, so none is missed."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    while deadline is None or time.monotonic() < deadline:
-        with QueueClaim(lock) as claim:
+    unqueued: list[int] = []
+    while not unqueued and (deadline is None or time.monotonic() < deadline):
+        with QueueClaim(queue_lock(url, study.study_name)) as claim:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
             if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 return
 
             def claimed(trial: optuna.Trial, claim: QueueClaim = claim) -> Any:
                 claim.release()  # Optuna has taken this trial out of the queue: the next worker may look
+                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                frozen = next(t for t in running if t.number == trial.number)
+                if "fixed_params" not in frozen.system_attrs:  # Optuna found the queue empty and made one
+                    unqueued.append(trial.number)
+                    reason = "not queued: another process took the last queued run without the queue's lock"
+                    trial.set_user_attr(records.STATUS, records.WITHDRAWN)
+                    trial.set_user_attr(records.FAIL_REASON, reason)
+                    raise Unqueued(f"trial {trial.number} {reason}; withdrawn unrun")
                 return objective(trial)
 
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -319,6 +335,17 @@ def optimize_queued(
 
 def _matches(params: dict[str, Any], other: dict[str, Any]) -> bool:
     return all(other.get(k) == v for k, v in params.items())
+
+
+def lost_runs(
+    study: optuna.Study, runs: list[dict[str, Any]], *, defaults: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The runs of ``runs`` that no trial has settled (``study.lib.workers.settled``) and none is
+    running: once the queue is drained, a run whose every attempt was lost (its worker killed each
+    time, beyond the retries)."""
+    covering = [{**(defaults or {}), **t.params} for t in study.get_trials(deepcopy=False)
+                if settled(t) or t.state == TrialState.RUNNING]  # fmt: skip
+    return [params for params in runs if not any(_matches(params, p) for p in covering)]
 
 
 def queue_runs(
@@ -448,8 +475,7 @@ def execute(
     if worker_index is not None:  # a worker of --workers: the parent prepared and queued everything
         prefix = f"[worker {worker_index}] "
         if plan.runs is not None:  # every run is queued: take them until none is left
-            optimize_queued(study, plan.objective, lock=os.environ.get(QUEUE_LOCK_ENV), timeout=plan.timeout,
-                            prefix=prefix, stream=plan.stream)  # fmt: skip
+            optimize_queued(study, plan.objective, url=url, timeout=plan.timeout, prefix=prefix, stream=plan.stream)
         else:
             optimize(study, plan.objective, n_trials=worker_trials or plan.n_trials, timeout=plan.timeout,
                      quiet=True, prefix=prefix, stream=plan.stream)  # fmt: skip
@@ -470,6 +496,11 @@ def execute(
         )  # fmt: skip
     elif todo:
         optimize(study, plan.objective, n_trials=todo, timeout=plan.timeout, quiet=quiet, stream=plan.stream)
+    lost = lost_runs(study, plan.runs, defaults=plan.run_defaults) if todo and plan.runs is not None else []
+    if lost and not code:
+        print(f"{prog}: {len(lost)} run(s) lost every attempt, e.g. {lost[0]}; run the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        code = 1
     extra = [line for line in (plan.checkpoint_line(study), plan.footer) if line]
     print("\n".join([summary(study, url), *extra]), file=plan.stream)
     return code

@@ -19,11 +19,13 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -37,7 +39,6 @@ from optuna.trial import FrozenTrial, TrialState
 from study.lib import records
 from study.lib.storage import heartbeat_settings, retry_callback
 
-QUEUE_LOCK_ENV = "STUDY_QUEUE_LOCK"  # the file the workers of one command lock to take a queued trial
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 INTERRUPTED = "interrupted"  # user attr status of a trial stopped by Ctrl-C
 INTERRUPTED_REASON = "interrupted by Ctrl-C (SIGINT); queued to run again when the study resumes"
@@ -161,14 +162,22 @@ def _trial(study: optuna.Study, number: int) -> FrozenTrial | None:
     return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
 
 
-class QueueClaim:
-    """An exclusive lock (``fcntl.flock``) on a file that the workers of one command share, held
-    from a worker's look at the queue until Optuna has taken the trial out of it (``release``), so
-    that two workers never both see the last queued trial and the second then create a trial
-    nobody queued. ``path`` None (one process): no lock."""
+def queue_lock(url: str, study_name: str) -> str:
+    """The lock file of a study's queue on this machine: every process that drains the queue of
+    ``study_name`` in the storage at ``url`` locks the same file, whichever command started it (the
+    name is a hash: a URL may hold a password)."""
+    digest = hashlib.sha256(f"{url}\n{study_name}".encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"study-queue-{digest}.lock")
 
-    def __init__(self, path: str | None) -> None:
-        self._file = None if path is None else open(path, "a")  # noqa: SIM115 (closed by release)
+
+class QueueClaim:
+    """An exclusive lock (``fcntl.flock``) on a study's queue lock file (``queue_lock``), held from a
+    worker's look at the queue until Optuna has taken the trial out of it (``release``), so that two
+    workers never both see the last queued trial and the second then create a trial nobody queued.
+    The kernel drops the lock when the process dies."""
+
+    def __init__(self, path: str) -> None:
+        self._file: TextIO | None = open(path, "a")  # noqa: SIM115 (closed by release)
 
     def __enter__(self) -> QueueClaim:
         if self._file is not None:
@@ -231,8 +240,8 @@ def supervise(
             all queued beforehand), so one that drew short runs takes the next instead of waiting.
 
     Returns:
-        0 when every share was finished, 1 when a worker exited with an error or a share was given
-        up after ``max_restarts`` replacements.
+        0 when every worker finished (its share, or the queue), 1 when a worker exited with an
+        error or was given up after ``max_restarts`` replacements.
 
     Raises:
         Interrupted: on Ctrl-C, once every worker has stopped and recorded its trial.
@@ -326,7 +335,7 @@ def _reap(
     if slot.owed <= 0 and not slot.drain:
         return
     if slot.restarts >= max_restarts:
-        left = "its queued runs were left to the others" if slot.drain else f"{slot.owed} trial(s) not run"
+        left = "runs may be left undone" if slot.drain else f"{slot.owed} trial(s) not run"
         errors.append(f"worker {slot.index} was killed by {name} {slot.restarts + 1} times; {left}")
         slot.owed, slot.drain = 0, False
         return
