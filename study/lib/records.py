@@ -110,7 +110,8 @@ def write_config(trial: optuna.Trial, config: dict[str, Any]) -> None:
 def write_failure(
     trial: optuna.Trial, *, status: str, reason: str, environment: dict[str, Any] | None = None
 ) -> None:
-    """How an attempt ended when it did not finish: ``error`` (with the environment), ``interrupted``."""
+    """How an attempt ended when it did not finish: ``error`` (with the environment), ``interrupted``,
+    ``withdrawn`` (a trial nobody queued, handed to a worker draining the queue)."""
     trial.set_user_attr(STATUS, status)
     if environment is not None:
         trial.set_user_attr(ENVIRONMENT, environment)

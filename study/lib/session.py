@@ -324,8 +324,7 @@ def optimize_queued(
                 if "fixed_params" not in frozen.system_attrs:  # Optuna found the queue empty and made one
                     unqueued.append(trial.number)
                     reason = "not queued: another process took the last queued run without the queue's lock"
-                    trial.set_user_attr(records.STATUS, records.WITHDRAWN)
-                    trial.set_user_attr(records.FAIL_REASON, reason)
+                    records.write_failure(trial, status=records.WITHDRAWN, reason=reason)
                     raise Unqueued(f"trial {trial.number} {reason}; withdrawn unrun")
                 return objective(trial)
 
