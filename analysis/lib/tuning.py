@@ -28,6 +28,7 @@ from analysis.lib.importance import importance, importance_blocks, searched_para
 from analysis.lib.overfitting import Run
 from analysis.lib.stats import MeanCI, mean_ci
 from study.lib import records
+from study.lib.workers import settled
 
 CONFIG_KEYS = ("lr_scaling", "base_lr", "lr", "weight_decay", "dropout", "drop_path", "optimizer", "epochs")
 SCORES = ("test_accuracy", "val_accuracy")
@@ -61,12 +62,15 @@ def paired(
 
 def _search_effort(searches: dict[int, optuna.Study], single_search: optuna.Study | None) -> dict[str, Any]:
     """Trials per accumulation value and how pruning compared them: one search per value, or an older
-    single search over every value (its trials counted by their accumulation_steps param)."""
+    single search over every value (its trials counted by their accumulation_steps param). A trial
+    counts once it has settled (``study.lib.workers.settled``): an attempt lost when its worker
+    stopped was retried, and its retry is the trial."""
     if searches or single_search is None:
-        counts = {v: len(s.trials) for v, s in searches.items()}
+        counts = {v: sum(settled(t) for t in s.get_trials(deepcopy=False)) for v, s in searches.items()}
         pruning = "within each accumulation value: one search study per value"
     else:
-        counts = Counter(t.params["accumulation_steps"] for t in single_search.trials if "accumulation_steps" in t.params)
+        counts = Counter(t.params["accumulation_steps"] for t in single_search.get_trials(deepcopy=False)
+                         if "accumulation_steps" in t.params and settled(t))  # fmt: skip
         pruning = "across accumulation values: one search over all of them, trials compared at equal epochs"
     return {"trials_per_accumulation": {str(v): counts[v] for v in sorted(counts)}, "pruning": pruning}
 

@@ -129,6 +129,16 @@ def test_an_older_single_search_is_reported_as_such_with_its_unequal_effort():
     assert per_value["pruning"].startswith("within each accumulation value")  # per-value searches win
 
 
+def test_an_attempt_lost_with_its_worker_does_not_count_as_search_effort():
+    """A trial whose worker stopped (FAIL, no reason) was retried; the retry is the trial. Counting
+    both would report unequal effort where it was equal."""
+    searches = {1: _search(random.Random(0), 1), 4: _search(random.Random(1), 4)}  # 40 trials each
+    searches[4].add_trial(create_trial(state=TrialState.FAIL))  # lost, then retried
+    searches[4].add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "diverged"}))
+    searches[1].add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "diverged"}))
+    assert tuned(_replicate(0.02), searches)["trials_per_accumulation"] == {"1": 41, "4": 41}
+
+
 def _search(rng: random.Random, n: int) -> optuna.Study:
     """A search of one accumulation value whose objective is set by base_lr alone."""
     dists = {"base_lr": FloatDistribution(1e-4, 1e-2, log=True), "dropout": FloatDistribution(0, 0.3),
