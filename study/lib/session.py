@@ -342,9 +342,17 @@ def lost_runs(
     """The runs of ``runs`` that no trial has settled (``study.lib.workers.settled``) and none is
     running: once the queue is drained, a run whose every attempt was lost (its worker killed each
     time, beyond the retries)."""
-    covering = [{**(defaults or {}), **t.params} for t in study.get_trials(deepcopy=False)
-                if settled(t) or t.state == TrialState.RUNNING]  # fmt: skip
-    return [params for params in runs if not any(_matches(params, p) for p in covering)]
+    covering = _covering(study.get_trials(deepcopy=False), defaults)
+    return [params for params in runs if not any(_matches(params, p) for _, p in covering)]
+
+
+def _covering(
+    trials: list[FrozenTrial], defaults: dict[str, Any] | None
+) -> list[tuple[FrozenTrial, dict[str, Any]]]:
+    """The trials that cover a run, with their parameters (``defaults`` filled): the settled ones
+    first (a queued copy of a run that is done is withdrawn as such), then the running ones."""
+    covering = [(t, {**(defaults or {}), **t.params}) for t in trials if settled(t)]
+    return covering + [(t, {**(defaults or {}), **t.params}) for t in trials if t.state == TrialState.RUNNING]
 
 
 def queue_runs(
@@ -372,9 +380,7 @@ def queue_runs(
     def filled(params: dict[str, Any]) -> dict[str, Any]:
         return {**(defaults or {}), **params}
 
-    # settled trials first: a copy of a run that is done is withdrawn as such
-    covering = [(t, filled(t.params)) for t in trials if settled(t)]
-    covering += [(t, filled(t.params)) for t in trials if t.state == TrialState.RUNNING]
+    covering = _covering(trials, defaults)
     waiting = [(t, filled({**t.params, **t.system_attrs.get("fixed_params", {})})) for t in trials
                if t.state == TrialState.WAITING]  # fmt: skip
     queued = 0

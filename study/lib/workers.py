@@ -180,8 +180,8 @@ class QueueClaim:
         self._file: TextIO | None = open(path, "a")  # noqa: SIM115 (closed by release)
 
     def __enter__(self) -> QueueClaim:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_EX)
+        assert self._file is not None, "a QueueClaim is entered once"
+        fcntl.flock(self._file, fcntl.LOCK_EX)
         return self
 
     def release(self) -> None:
@@ -306,13 +306,10 @@ def _poll(
     for slot in slots:
         if slot.lost_tag is not None and not _orphans(study, slot.lost_tag):
             slot.lost_tag = None
-            if slot.drain:
+            if slot.drain or slot.owed > 0:
                 index = start(slot)
-                print(f"{prog}: worker {index} took the place of worker {slot.index}", file=log)
-            elif slot.owed > 0:
-                index = start(slot)
-                print(f"{prog}: worker {index} took over the {slot.owed} remaining trial(s) of worker {slot.index}",
-                      file=log)  # fmt: skip
+                what = "took the place" if slot.drain else f"took over the {slot.owed} remaining trial(s)"
+                print(f"{prog}: worker {index} {what} of worker {slot.index}", file=log)
 
 
 def _reap(
