@@ -177,7 +177,10 @@ def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[st
     creating the study with its recorded directions and user attrs when it does not exist.
 
     This is how an experiment resumes on another machine: its committed records stand in for the
-    database it ran on. Returns the study name and the number of trials added."""
+    database it ran on. In a study it creates, every trial keeps its recorded number: the attempts
+    the records leave out (lost, withdrawn) are held by FAIL trials of status ``unrecorded``, for a
+    replication names its sources ``STUDY:NUMBER``, the reports name trials by number, and Hyperband
+    puts a trial in its bracket by number. Returns the study name and the number of trials added."""
     import json
     from datetime import datetime
 
@@ -185,24 +188,29 @@ def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[st
 
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     header, trials = lines[0], lines[1:]
-    names = {s.study_name for s in storage.get_all_studies()}
-    if header["study"] in names:
-        study = optuna.load_study(study_name=header["study"], storage=storage)
-    else:
+    created = header["study"] not in {s.study_name for s in storage.get_all_studies()}
+    if created:
         study = optuna.create_study(
             storage=storage, study_name=header["study"], directions=header["directions"]
         )
         records.write_study_attrs(study, header["user_attrs"])
+    else:
+        study = optuna.load_study(study_name=header["study"], storage=storage)
     present = {
         (json.dumps(t.params, sort_keys=True), t.state.name)
         for t in study.get_trials(deepcopy=False)
         if t.state.is_finished()
     }
-    added = 0
-    for record in trials:
+    added = held = 0
+    for record in sorted(trials, key=lambda r: r["number"]):
         key = (json.dumps(record["params"], sort_keys=True), record["state"])
-        if key in present:
+        if key in present and not created:
             continue
+        while created and added + held < record["number"]:
+            study.add_trial(
+                create_trial(state=TrialState.FAIL, user_attrs={records.STATUS: records.UNRECORDED})
+            )
+            held += 1
         state = TrialState[record["state"]]
         values = record["values"]
         trial = create_trial(

@@ -43,8 +43,11 @@ OBJECTIVE_METRICS = {
 CONFIG = "config"  # every resolved TrainConfig value, with effective batch and scaled lr
 HISTORY = "history"  # per-epoch series, HISTORY_KEYS
 CHECKPOINTS = "checkpoints"  # grid: {"10": {...CHECKPOINT_KEYS}, ...}
-STATUS = "status"  # completed, stopped, diverged, error, interrupted, withdrawn
+STATUS = "status"  # completed, stopped, diverged, error, interrupted, withdrawn, unrecorded
 WITHDRAWN = "withdrawn"  # status of a queued copy taken out of the queue unrun (``withdraw``)
+# Status of a FAIL trial that holds the number of an attempt the committed records leave out (a lost
+# or withdrawn one), so that imported trials keep their numbers (``analysis.lib.export.import_records``).
+UNRECORDED = "unrecorded"
 ENVIRONMENT = "environment"  # device, parameter count, package versions, git commit
 FAIL_REASON = "fail_reason"
 WORKER = "worker"  # host:pid of the process that ran the attempt
