@@ -26,7 +26,7 @@ from study.lib.cli import (
     fail,
 )
 from study.lib.data import DataError, load_raw
-from study.lib.replicate import FORMATS, choose, render, replicate_plan, report, sources
+from study.lib.replicate import FORMATS, check_sources, choose, render, replicate_plan, report, sources
 from study.lib.session import StudyError, execute, load_studies
 from study.lib.storage import StorageError, resolve_url
 from study.lib.workers import run_main
@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen = choose(studies, args.top, per=args.best_per, values_text=args.values)
         chosen_sources = sources(chosen, seeds=args.seeds, step_matched=args.step_matched)
         dataset = next(iter(chosen_sources.values()))["config"]["dataset"]
-        raw = load_raw(dataset, args.data_dir)
         url = resolve_url(args.storage)
+        check_sources(url, name, sorted(chosen_sources))
+        raw = load_raw(dataset, args.data_dir)
         identity = {
             records.KIND: records.REPLICATE,
             records.SOURCE_STUDY: ",".join(args.study),

@@ -1,10 +1,12 @@
 """python -m study.replicate on a small real study (digits, quick budget)."""
 
 import json
+import shutil
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
 
 from tests.conftest import cli
 
@@ -53,6 +55,23 @@ def test_replicate_bad_input(small_studies):
         proc = cli("study.replicate", *args)
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_a_replication_of_other_trials_is_refused_with_one_line(small_studies, tmp_path):
+    """Resuming a replication whose sources are no longer the best trials (the search was extended)
+    names both lists instead of failing its first run inside Optuna."""
+    db = tmp_path / "s.db"
+    shutil.copy(small_studies.removeprefix("sqlite:///"), db)
+    url = f"sqlite:///{db}"
+    stale = optuna.create_study(study_name="stale", storage=url, direction="maximize")
+    stale.add_trial(create_trial(value=0.5, params={"source": "s:99", "seed": 1},
+                                 distributions={"source": CategoricalDistribution(["s:99"]),
+                                                "seed": CategoricalDistribution([1])}))  # fmt: skip
+    proc = cli("study.replicate", "--study", "s", "--top", "1", "--new-study", "stale", "--storage", url)
+    best = optuna.load_study(study_name="s", storage=url).best_trial.number
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"stale re-runs s:99, but the best trials are now s:{best}" in proc.stderr
+    assert len(optuna.load_study(study_name="stale", storage=url).trials) == 1  # nothing was run or queued
 
 
 @pytest.mark.slow

@@ -88,6 +88,29 @@ def sources(
     return out
 
 
+def check_sources(url: str, name: str, keys: list[str]) -> None:
+    """Refuse to resume replication study ``name`` when it re-runs other trials than ``keys``.
+
+    The best trials change when a search is extended after its replication began; Optuna would
+    then fail the first run with "CategoricalDistribution does not support dynamic value space".
+
+    Raises:
+        StudyError: the study exists and its runs name other sources.
+    """
+    from study.lib.storage import open_storage, study_exists
+
+    storage = open_storage(url, create=False)
+    if not study_exists(storage, name):
+        return
+    for trial in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+        recorded = trial.distributions.get("source")
+        if recorded is not None and list(recorded.choices) != keys:
+            raise StudyError(
+                f"{name} re-runs {', '.join(map(str, recorded.choices))}, but the best trials are now "
+                f"{', '.join(keys)}; give --new-study NAME to replicate these"
+            )
+
+
 def replicate_plan(chosen_sources: dict[str, dict[str, Any]], raw: Any, *, name: str, identity: dict[str, Any],
                    run: dict[str, Any], header: str, stream: Any, store: Any = None) -> Plan:  # fmt: skip
     """Every (source, seed) re-run the study lacks, unpruned, into study ``name``."""
