@@ -125,11 +125,11 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 # --- trial records: a study's outcome without its database, and resuming from it -----------------
 def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
-    """JSON-able records of the study and of its settled trials (``study.lib.workers.settled``): the
-    first record holds the study's name, directions and user attrs; each next one a trial whole
-    (params with distributions, values, intermediate values, user attrs)."""
+    """JSON-able records of the study and of its finished trials (COMPLETE, PRUNED and FAIL: a lost
+    or withdrawn attempt too, so that an import gives every trial its number): the first record
+    holds the study's name, directions and user attrs; each next one a trial whole (params with
+    distributions, values, intermediate values, user attrs)."""
     from study.lib.jsonsafe import finite_or_none
-    from study.lib.workers import settled
 
     out: list[dict[str, Any]] = [
         {
@@ -139,7 +139,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
         }
     ]
     for t in study.get_trials(deepcopy=False):
-        if not settled(t):
+        if not t.state.is_finished():
             continue
         out.append(
             finite_or_none(
@@ -173,18 +173,21 @@ def write_records(study: optuna.Study, path: Path) -> Path:
 
 
 def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[str, int]:
-    """Add to ``storage`` the trials of a records file that it lacks (same parameters and state),
-    creating the study with its recorded directions and user attrs when it does not exist.
+    """Add to ``storage`` the trials of a records file, creating the study with its recorded
+    directions and user attrs when it does not exist.
 
     This is how an experiment resumes on another machine: its committed records stand in for the
-    database it ran on. In a study it creates, every trial keeps its recorded number: the attempts
-    the records leave out (lost, withdrawn) are held by FAIL trials of status ``unrecorded``, for a
-    replication names its sources ``STUDY:NUMBER``, the reports name trials by number, and Hyperband
-    puts a trial in its bracket by number. Returns the study name and the number of trials added."""
+    database it ran on. A study it creates gets every record, each trial at its recorded number (a
+    replication names its sources ``STUDY:NUMBER``, the reports name trials by number, Hyperband
+    puts a trial in its bracket by number); a number the records lack (older records kept settled
+    trials only; a trial still running) is held by a FAIL trial of status ``unrecorded``. A study
+    that exists gets only the settled trials it lacks (same parameters and state): its own
+    attempts are its history. Returns the study name and the number of trials added."""
     import json
-    from datetime import datetime
 
     from optuna.trial import TrialState, create_trial
+
+    from study.lib.workers import settled
 
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     header, trials = lines[0], lines[1:]
@@ -203,36 +206,44 @@ def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[st
     }
     added = held = 0
     for record in sorted(trials, key=lambda r: r["number"]):
-        key = (json.dumps(record["params"], sort_keys=True), record["state"])
-        if key in present and not created:
+        trial = _trial_from_record(record)
+        key = (json.dumps(trial.params, sort_keys=True), trial.state.name)
+        if not created and (key in present or not settled(trial)):
             continue
         while created and added + held < record["number"]:
             study.add_trial(
                 create_trial(state=TrialState.FAIL, user_attrs={records.STATUS: records.UNRECORDED})
             )
             held += 1
-        state = TrialState[record["state"]]
-        values = record["values"]
-        trial = create_trial(
-            state=state,
-            params=record["params"],
-            distributions={
-                k: optuna.distributions.json_to_distribution(d) for k, d in record["distributions"].items()
-            },
-            # a COMPLETE trial's values; PRUNED and FAIL trials carry none
-            values=[float("nan") if v is None else v for v in values]
-            if values and state == TrialState.COMPLETE
-            else None,
-            intermediate_values={
-                int(k): v for k, v in record["intermediate_values"].items() if v is not None
-            },
-            user_attrs=record["user_attrs"],
-        )
-        # when the trial ran, not when it was imported (the report's timelines read these)
-        for name in ("datetime_start", "datetime_complete"):
-            if record.get(name):
-                setattr(trial, name, datetime.fromisoformat(record[name]))
         study.add_trial(trial)
         present.add(key)
         added += 1
     return header["study"], added
+
+
+def _trial_from_record(record: dict[str, Any]) -> optuna.trial.FrozenTrial:
+    """The trial of one record, with the times it ran (not when it was imported: the report's
+    timelines read these)."""
+    from datetime import datetime
+
+    from optuna.trial import TrialState, create_trial
+
+    state = TrialState[record["state"]]
+    values = record["values"]
+    trial = create_trial(
+        state=state,
+        params=record["params"],
+        distributions={
+            k: optuna.distributions.json_to_distribution(d) for k, d in record["distributions"].items()
+        },
+        # a COMPLETE trial's values; PRUNED and FAIL trials carry none
+        values=[float("nan") if v is None else v for v in values]
+        if values and state == TrialState.COMPLETE
+        else None,
+        intermediate_values={int(k): v for k, v in record["intermediate_values"].items() if v is not None},
+        user_attrs=record["user_attrs"],
+    )
+    for name in ("datetime_start", "datetime_complete"):
+        if record.get(name):
+            setattr(trial, name, datetime.fromisoformat(record[name]))
+    return trial

@@ -16,7 +16,7 @@ render the same blocks (``analysis.lib.document``), as markdown, HTML or text.
   overfitting criterion;
 * ``grid-runs.csv``, ``grid-history.csv``, ``search-trials.csv``, ``search-history.csv``,
   ``replicate-runs.csv``: the trials and their per-epoch histories (``analysis.lib.export``);
-* ``records/*.jsonl``: every settled trial whole, from which ``study.experiment`` resumes on a
+* ``records/*.jsonl``: every finished trial whole, from which ``study.experiment`` resumes on a
   machine without the database.
 
 The answer is drawn from the designed runs only: the grid for the verdict, the unpruned replicates

@@ -45,8 +45,8 @@ HISTORY = "history"  # per-epoch series, HISTORY_KEYS
 CHECKPOINTS = "checkpoints"  # grid: {"10": {...CHECKPOINT_KEYS}, ...}
 STATUS = "status"  # completed, stopped, diverged, error, interrupted, withdrawn, unrecorded
 WITHDRAWN = "withdrawn"  # status of a queued copy taken out of the queue unrun (``withdraw``)
-# Status of a FAIL trial that holds the number of an attempt the committed records leave out (a lost
-# or withdrawn one), so that imported trials keep their numbers (``analysis.lib.export.import_records``).
+# Status of a FAIL trial that holds a number the committed records lack (older records kept settled
+# trials only), so that imported trials keep their numbers (``analysis.lib.export.import_records``).
 UNRECORDED = "unrecorded"
 ENVIRONMENT = "environment"  # device, parameter count, package versions, git commit
 FAIL_REASON = "fail_reason"
