@@ -94,14 +94,17 @@ def settled_trials(url: str, name: str) -> int:
 def resume_from_records(url: str, out: Path) -> None:
     """Import the trial records committed under ``out/records`` that the storage lacks, so that an
     experiment stopped on one machine resumes on another from its committed results."""
-    from analysis.lib.export import import_records
+    from analysis.lib.export import RecordsError, import_records
 
     records = sorted((out / "records").glob("*.jsonl")) if (out / "records").is_dir() else []
     if not records:
         return
     storage = open_storage(url)
     for path in records:
-        name, added = import_records(storage, path)
+        try:
+            name, added = import_records(storage, path)
+        except RecordsError as exc:
+            fail(PROG, str(exc))
         if added:
             print(f"resumed from {path}: {added} finished trial(s) of {name} imported", flush=True)
 

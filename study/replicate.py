@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen_sources = sources(chosen, seeds=args.seeds, step_matched=args.step_matched)
         dataset = next(iter(chosen_sources.values()))["config"]["dataset"]
         url = resolve_url(args.storage)
-        check_sources(url, name, sorted(chosen_sources))
+        check_sources(url, name, chosen_sources)
         raw = load_raw(dataset, args.data_dir)
         identity = {
             records.KIND: records.REPLICATE,

@@ -70,8 +70,15 @@ def test_a_replication_of_other_trials_is_refused_with_one_line(small_studies, t
     proc = cli("study.replicate", "--study", "s", "--top", "1", "--new-study", "stale", "--storage", url)
     best = optuna.load_study(study_name="s", storage=url).best_trial.number
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert f"stale re-runs s:99, but the best trials are now s:{best}" in proc.stderr
+    assert f"stale re-runs source s:99, but this replication has s:{best}" in proc.stderr
     assert len(optuna.load_study(study_name="stale", storage=url).trials) == 1  # nothing was run or queued
+    # the same source with other seeds (--seeds changed) is refused too
+    seeds = optuna.create_study(study_name="seeds", storage=url, direction="maximize")
+    seeds.add_trial(create_trial(value=0.5, params={"source": f"s:{best}", "seed": 99},
+                                 distributions={"source": CategoricalDistribution([f"s:{best}"]),
+                                                "seed": CategoricalDistribution([99])}))  # fmt: skip
+    proc = cli("study.replicate", "--study", "s", "--top", "1", "--new-study", "seeds", "--storage", url)
+    assert proc.returncode == 2 and "seeds re-runs seed 99, but this replication has" in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow

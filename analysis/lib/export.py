@@ -128,7 +128,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
     """JSON-able records of the study and of its finished trials (COMPLETE, PRUNED and FAIL: a lost
     or withdrawn attempt too, so that an import gives every trial its number): the first record
     holds the study's name, directions and user attrs; each next one a trial whole (params with
-    distributions, values, intermediate values, user attrs)."""
+    distributions, values, intermediate values, user and system attrs)."""
     from study.lib.jsonsafe import finite_or_none
 
     out: list[dict[str, Any]] = [
@@ -153,6 +153,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
                     "values": t.values,
                     "intermediate_values": {str(k): v for k, v in t.intermediate_values.items()},
                     "user_attrs": t.user_attrs,
+                    "system_attrs": t.system_attrs,  # Hyperband's rungs, a retry's predecessor
                     "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
                     "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
                 }
@@ -172,17 +173,27 @@ def write_records(study: optuna.Study, path: Path) -> Path:
     return path
 
 
+class RecordsError(ValueError):
+    """A records file that cannot be imported as written (a trial number recorded twice)."""
+
+
 def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[str, int]:
     """Add to ``storage`` the trials of a records file, creating the study with its recorded
     directions and user attrs when it does not exist.
 
     This is how an experiment resumes on another machine: its committed records stand in for the
-    database it ran on. A study it creates gets every record, each trial at its recorded number (a
-    replication names its sources ``STUDY:NUMBER``, the reports name trials by number, Hyperband
-    puts a trial in its bracket by number); a number the records lack (older records kept settled
-    trials only; a trial still running) is held by a FAIL trial of status ``unrecorded``. A study
-    that exists gets only the settled trials it lacks (same parameters and state): its own
-    attempts are its history. Returns the study name and the number of trials added."""
+    database it ran on. Every trial keeps its recorded number (a replication names its sources
+    ``STUDY:NUMBER``, the reports name trials by number, Hyperband puts a trial in its bracket by
+    number) and its system attrs (the rungs Hyperband compares new trials with), as long as the
+    study holds nothing but these records (it is new, or an import of them was stopped halfway);
+    a number the records lack (older records kept settled trials only; a trial still running) is
+    held by a FAIL trial of status ``unrecorded``. A study that went on elsewhere gets only the
+    settled trials it lacks (same parameters and state). Returns the study name and the number of
+    trials added.
+
+    Raises:
+        RecordsError: a trial number is recorded twice.
+    """
     import json
 
     from optuna.trial import TrialState, create_trial
@@ -190,35 +201,50 @@ def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[st
     from study.lib.workers import settled
 
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    header, trials = lines[0], lines[1:]
-    created = header["study"] not in {s.study_name for s in storage.get_all_studies()}
-    if created:
+    header, trials = lines[0], sorted(lines[1:], key=lambda r: r["number"])
+    if len({r["number"] for r in trials}) < len(trials):
+        raise RecordsError(f"{path}: a trial number is recorded twice")
+    if header["study"] in {s.study_name for s in storage.get_all_studies()}:
+        study = optuna.load_study(study_name=header["study"], storage=storage)
+    else:
         study = optuna.create_study(
             storage=storage, study_name=header["study"], directions=header["directions"]
         )
         records.write_study_attrs(study, header["user_attrs"])
-    else:
-        study = optuna.load_study(study_name=header["study"], storage=storage)
-    present = {
-        (json.dumps(t.params, sort_keys=True), t.state.name)
-        for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished()
-    }
-    added = held = 0
-    for record in sorted(trials, key=lambda r: r["number"]):
+    held = study.get_trials(deepcopy=False)
+    numbered = _holds_only(held, trials)
+    present = {(json.dumps(t.params, sort_keys=True), t.state.name) for t in held if t.state.is_finished()}
+    added, next_number = 0, len(held)
+    for record in trials:
         trial = _trial_from_record(record)
         key = (json.dumps(trial.params, sort_keys=True), trial.state.name)
-        if not created and (key in present or not settled(trial)):
+        if numbered and record["number"] < len(held):
+            continue  # imported before, by an import that was stopped
+        if not numbered and (key in present or not settled(trial)):
             continue
-        while created and added + held < record["number"]:
+        while numbered and next_number < record["number"]:
             study.add_trial(
                 create_trial(state=TrialState.FAIL, user_attrs={records.STATUS: records.UNRECORDED})
             )
-            held += 1
+            next_number += 1
         study.add_trial(trial)
         present.add(key)
-        added += 1
+        added, next_number = added + 1, next_number + 1
     return header["study"], added
+
+
+def _holds_only(held: list[optuna.trial.FrozenTrial], trials: list[dict[str, Any]]) -> bool:
+    """Whether the study's trials are the records' first ones, each at its recorded number (or the
+    FAIL trial that holds a number the records lack)."""
+    by_number = {r["number"]: r for r in trials}
+    for t in held:
+        record = by_number.get(t.number)
+        if record is None:
+            if t.user_attrs.get(records.STATUS) != records.UNRECORDED:
+                return False
+        elif (t.params, t.state.name) != (record["params"], record["state"]):
+            return False
+    return True
 
 
 def _trial_from_record(record: dict[str, Any]) -> optuna.trial.FrozenTrial:
@@ -236,12 +262,13 @@ def _trial_from_record(record: dict[str, Any]) -> optuna.trial.FrozenTrial:
         distributions={
             k: optuna.distributions.json_to_distribution(d) for k, d in record["distributions"].items()
         },
-        # a COMPLETE trial's values; PRUNED and FAIL trials carry none
+        # a COMPLETE trial's values, a PRUNED one's last report (Optuna's value of it); FAIL: none
         values=[float("nan") if v is None else v for v in values]
-        if values and state == TrialState.COMPLETE
+        if values and state != TrialState.FAIL
         else None,
         intermediate_values={int(k): v for k, v in record["intermediate_values"].items() if v is not None},
         user_attrs=record["user_attrs"],
+        system_attrs=record.get("system_attrs", {}),  # absent from records written before they were kept
     )
     for name in ("datetime_start", "datetime_complete"):
         if record.get(name):

@@ -88,27 +88,35 @@ def sources(
     return out
 
 
-def check_sources(url: str, name: str, keys: list[str]) -> None:
-    """Refuse to resume replication study ``name`` when it re-runs other trials than ``keys``.
+def check_sources(url: str, name: str, chosen_sources: dict[str, dict[str, Any]]) -> None:
+    """Refuse to resume replication study ``name`` when it re-runs other trials or seeds than
+    ``chosen_sources`` (``sources``) would.
 
-    The best trials change when a search is extended after its replication began; Optuna would
-    then fail the first run with "CategoricalDistribution does not support dynamic value space".
+    The best trials change when a search is extended after its replication began, the seeds with
+    ``--seeds``; Optuna would then fail the first run with "CategoricalDistribution does not support
+    dynamic value space".
 
     Raises:
-        StudyError: the study exists and its runs name other sources.
+        StudyError: the study exists and its runs name other sources or seeds.
     """
     from study.lib.storage import open_storage, study_exists
 
     storage = open_storage(url, create=False)
     if not study_exists(storage, name):
         return
+    wanted = {"source": sorted(chosen_sources), "seed": _seeds(chosen_sources)}
     for trial in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
-        recorded = trial.distributions.get("source")
-        if recorded is not None and list(recorded.choices) != keys:
-            raise StudyError(
-                f"{name} re-runs {', '.join(map(str, recorded.choices))}, but the best trials are now "
-                f"{', '.join(keys)}; give --new-study NAME to replicate these"
-            )
+        for param, choices in wanted.items():
+            recorded = trial.distributions.get(param)
+            if recorded is not None and list(recorded.choices) != choices:
+                raise StudyError(
+                    f"{name} re-runs {param} {', '.join(map(str, recorded.choices))}, but this replication has "
+                    f"{', '.join(map(str, choices))}; give --new-study NAME for it"
+                )
+
+
+def _seeds(chosen_sources: dict[str, dict[str, Any]]) -> list[int]:
+    return sorted({s for c in chosen_sources.values() for s in c["seeds"]})
 
 
 def replicate_plan(chosen_sources: dict[str, dict[str, Any]], raw: Any, *, name: str, identity: dict[str, Any],
@@ -116,8 +124,7 @@ def replicate_plan(chosen_sources: dict[str, dict[str, Any]], raw: Any, *, name:
     """Every (source, seed) re-run the study lacks, unpruned, into study ``name``."""
     from study.lib.objective import Objective  # trains: imported only where a replication runs
 
-    keys = sorted(chosen_sources)
-    seeds = sorted({s for c in chosen_sources.values() for s in c["seeds"]})
+    keys, seeds = sorted(chosen_sources), _seeds(chosen_sources)
 
     def configure(trial: optuna.Trial) -> TrainConfig:
         source = trial.suggest_categorical("source", keys)
