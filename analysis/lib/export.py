@@ -216,11 +216,13 @@ def import_records(storage: optuna.storages.BaseStorage, path: Path) -> tuple[st
     present = {(json.dumps(t.params, sort_keys=True), t.state.name) for t in held if t.state.is_finished()}
     added, next_number = 0, len(held)
     for record in trials:
-        trial = _trial_from_record(record)
-        key = (json.dumps(trial.params, sort_keys=True), trial.state.name)
         if numbered and record["number"] < len(held):
             continue  # imported before, by an import that was stopped
-        if not numbered and (key in present or not settled(trial)):
+        key = (json.dumps(record["params"], sort_keys=True), record["state"])
+        if not numbered and key in present:
+            continue
+        trial = _trial_from_record(record)
+        if not numbered and not settled(trial):
             continue
         while numbered and next_number < record["number"]:
             study.add_trial(
