@@ -176,6 +176,16 @@ def _target_view(
     return view, values
 
 
+def _scratch_study() -> optuna.Study:
+    """An in-memory study for one resample, without the line Optuna logs for each new study."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(direction="minimize")
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
 def bootstrap(
     view: list[FrozenTrial], params: list[str], *, seed: int, resamples: int = BOOTSTRAP
 ) -> tuple[dict[str, dict[str, Interval]], list[str]]:
@@ -189,7 +199,7 @@ def bootstrap(
         sample = [view[rng.randrange(len(view))] for _ in view]
         if len({t.value for t in sample}) < 2:
             continue
-        study = optuna.create_study(direction="minimize")
+        study = _scratch_study()
         study.add_trials(sample)
         for name, evaluator in evaluators(seed + b, len(sample)).items():
             with warnings.catch_warnings(record=True) as caught:

@@ -1,6 +1,7 @@
 """Parameter importance a reader can trust: bootstrap intervals, minimum evidence, the
 pruned trials' evidence at a rung, and the agreement line; on synthetic studies with a known answer."""
 
+import logging
 import random
 import re
 
@@ -90,6 +91,23 @@ def test_bootstrap_is_seeded():
     assert [r.scores for r in first] == [r.scores for r in again]
     other = importance(study, PARAMS, seed=4, resamples=10)
     assert [r.scores for r in other] != [r.scores for r in first]
+
+
+def test_the_bootstrap_does_not_log_a_line_per_resample():
+    study = synthetic(12)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("optuna")
+    logger.addHandler(handler)
+    optuna.logging.set_verbosity(optuna.logging.INFO)  # as in a command that never lowered it
+    try:
+        importance(study, PARAMS, seed=0, resamples=5)
+        optuna.create_study()  # the handler sees Optuna's INFO lines
+    finally:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logger.removeHandler(handler)
+    assert len(lines) == 1 and "created in memory" in lines[0], lines
 
 
 def test_too_few_trials_are_declined_with_the_reason():
