@@ -9,6 +9,7 @@ the HTML report embeds the same bytes, never reading them back.
   ``intermediate_figure`` (pruned trials visible), ``slice_figure``, ``parallel_figure``;
 * the verdict: ``steps_figure`` (accuracy and loss against optimizer steps and epochs) and
   ``progress_figure`` (validation loss against training loss);
+* the model families: ``twins_figure``, (b x N) minus (bN x 1) per epoch;
 * the comparison: ``comparison_figure``, the search's best so far against compute, with the grid's.
 """
 
@@ -24,7 +25,7 @@ from optuna.trial import TrialState
 from analysis.lib.compare import StudySummary
 from analysis.lib.document import Figure, cell, plural
 from analysis.lib.importance import Importance
-from analysis.lib.overfitting import Run, paired_runs
+from analysis.lib.overfitting import Run, paired_runs, twin_loss, twin_pairs
 from analysis.lib.stats import mean_ci
 from search_spaces import Param
 
@@ -317,6 +318,44 @@ def steps_figure(runs: list[Run], *, arm: str, n: int, name: str) -> Figure | No
         f"Accuracy and validation loss against optimizer steps and epochs, lr scaling {arm}",
         png(fig, dpi=100),
     )
+
+
+def twin_differences(pairs: list[tuple[Run, Run]]) -> tuple[list[int], list[list[float]], list[list[float]]]:
+    """(b x N) minus (bN x 1) at the epochs every pair evaluated: per pair, the training loss
+    difference (``twin_loss``) and the validation accuracy difference."""
+    epochs = [e for e in pairs[0][1].epochs if all(acc.has(e) and twin.has(e) for acc, twin in pairs)]
+    loss = [[acc.at(e, twin_loss(acc, twin)) - twin.at(e, twin_loss(acc, twin)) for e in epochs] for acc, twin in pairs]
+    accuracy = [[acc.at(e, "val_accuracy") - twin.at(e, "val_accuracy") for e in epochs] for acc, twin in pairs]
+    return epochs, loss, accuracy
+
+
+def twins_figure(runs_by_family: dict[str, list[Run]], *, name: str = "twins") -> Figure | None:
+    """(b x N) minus (bN x 1) per epoch, in training loss and in validation accuracy: mean and 95%
+    CI band over seeds, a line per family and micro-batch. With LayerNorm the lines lie on 0 (the
+    same update); with BatchNorm each micro-batch is normalized with its own statistics, and the
+    line shows whether that helps or hurts. None when no family has a twin."""
+    import numpy as np
+
+    groups = [(family, b, n, pairs) for family, runs in runs_by_family.items()
+              for (b, n), pairs in twin_pairs(runs).items()]  # fmt: skip
+    if not groups:
+        return None
+    plt = pyplot()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (family, b, n, pairs) in enumerate(groups):
+        epochs, loss, accuracy = twin_differences(pairs)
+        label = f"{family}: {b} x {n} - {b * n} x 1 ({len(pairs)} seeds)"
+        for ax, values in ((loss_ax, loss), (acc_ax, accuracy)):
+            _band(ax, np.array(epochs, dtype=float), np.array(values, dtype=float), f"C{i % 10}", "-", label)
+    for ax, ylabel in ((loss_ax, "training loss, (b x N) - (bN x 1)"),
+                       (acc_ax, "validation accuracy, (b x N) - (bN x 1)")):  # fmt: skip
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.set_xlabel("epochs")
+        ax.set_ylabel(ylabel)
+    acc_ax.legend(fontsize=7)
+    fig.suptitle("Accumulation against the larger batch, per epoch: mean and 95% CI over seeds")
+    fig.tight_layout()
+    return Figure(name, "(b x N) minus (bN x 1) per epoch, per model family", png(fig, dpi=100))
 
 
 def progress_limits(ax, pairs: list[tuple[Run, Run]], n: int) -> None:

@@ -656,15 +656,25 @@ class Twins:
     val_accuracy_difference: MeanCI = EMPTY
 
 
-def twins(runs: list[Run]) -> list[Twins]:
-    """The equivalence table: every (b x N, unscaled) with a (bN x 1) run of the same seed."""
+def twin_pairs(runs: list[Run]) -> dict[tuple[int, int], list[tuple[Run, Run]]]:
+    """Every (b x N, unscaled) run with the (bN x 1) run of the same seed, by (b, N)."""
     plain = {(r.batch_size, r.seed): r for r in runs if r.accumulation_steps == 1}
     groups: dict[tuple[int, int], list[tuple[Run, Run]]] = {}
     for r in runs:
         twin = plain.get((r.effective_batch, r.seed))
         if r.accumulation_steps > 1 and r.lr_scaling == "none" and twin is not None:
             groups.setdefault((r.batch_size, r.accumulation_steps), []).append((r, twin))
-    return [_twins(b, n, pairs) for (b, n), pairs in sorted(groups.items())]
+    return dict(sorted(groups.items()))
+
+
+def twin_loss(acc: Run, twin: Run) -> str:
+    """The training loss two twins are compared in: the eval-mode loss where both measured it."""
+    return PROGRESS if acc.progress == twin.progress == PROGRESS else RUNNING_LOSS
+
+
+def twins(runs: list[Run]) -> list[Twins]:
+    """The equivalence table: every (b x N, unscaled) with a (bN x 1) run of the same seed."""
+    return [_twins(b, n, pairs) for (b, n), pairs in twin_pairs(runs).items()]
 
 
 def _twins(batch: int, n: int, pairs: list[tuple[Run, Run]]) -> Twins:
@@ -676,7 +686,7 @@ def _twins(batch: int, n: int, pairs: list[tuple[Run, Run]]) -> Twins:
     for acc, twin in pairs:
         epochs = [e for e in twin.epochs if acc.has(e)]
         common = min(common, len(epochs))
-        loss = PROGRESS if acc.progress == twin.progress == PROGRESS else RUNNING_LOSS
+        loss = twin_loss(acc, twin)
         losses = [abs(acc.at(e, loss) - twin.at(e, loss)) for e in epochs]
         loss_diff = max(loss_diff, *losses)
         acc_diff = max(

@@ -37,7 +37,7 @@ from analysis.lib import noise_scale as noise
 from analysis.lib.document import Block, Document, Heading, Paragraph, Table, write_markdown
 from analysis.lib.export import history_rows, run_rows, write_csv, write_records
 from analysis.lib.families import family_blocks, family_summary
-from analysis.lib.figures import progress_figure, steps_figure
+from analysis.lib.figures import progress_figure, steps_figure, twins_figure
 from analysis.lib.overfitting import (
     AT_EQUAL_LOSS,
     AT_MINIMUM,
@@ -282,6 +282,9 @@ def write_answer(studies: dict[str, optuna.Study], out: Path) -> list[Path]:
     if controls:  # the same grid for other model families (study.grid --models)
         summary_of_families = family_summary({"swin": grid, **controls}, {"swin": analyses})
         blocks += family_blocks(summary_of_families)
+        drawn = twins_figure({"swin": grid_runs, **{family: runs_from_study(g) for family, g in controls.items()}})
+        if drawn is not None:
+            blocks.append(drawn)
         verdict["families"] = summary_of_families
     if measured := noise.noise_runs(grid):  # grid runs trained with --noise-scale
         search = list(searches.values()) or studies.get(

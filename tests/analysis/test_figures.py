@@ -1,8 +1,10 @@
 """analysis.lib.figures: figures are PNG bytes in memory, written only by the caller."""
 
+import pytest
+
 from analysis.lib.document import write_png
-from analysis.lib.figures import progress_limits, pyplot, steps_figure
-from analysis.lib.overfitting import Run, runs_from_study
+from analysis.lib.figures import progress_limits, pyplot, steps_figure, twin_differences, twins_figure
+from analysis.lib.overfitting import Run, runs_from_study, twin_pairs
 from tests.analysis.synthetic import N, grid
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -42,3 +44,23 @@ def test_the_progress_axes_cover_the_baselines_and_name_where_a_longer_run_ends(
     progress_limits(other, [(base, _run(4, [2.5, 1.1], [2.2, 1.6]))], 4)
     assert other.get_xlim()[0] == 2.5 * 1.05 and other.get_ylim()[1] > 2.2
     assert len(other.texts) == 0
+
+
+def _twin(batch: int, accumulation: int, seed: int, train_loss: list[float], val_accuracy: list[float]) -> Run:
+    epochs = [5 * (i + 1) for i in range(len(train_loss))]
+    return Run(seed, "digits", batch, accumulation, "none", seed,
+               {"epoch": epochs, "train_eval_loss": train_loss, "val_accuracy": val_accuracy})  # fmt: skip
+
+
+def test_the_twins_figure_shows_accumulated_minus_the_larger_batch_per_epoch():
+    same = [_twin(8, 4, 0, [1.0, 0.5], [0.5, 0.6]), _twin(32, 1, 0, [1.0, 0.5], [0.5, 0.6])]
+    # a BatchNorm-like pair: the accumulated run ends with a lower loss and higher accuracy; the
+    # twin evaluated one more epoch, which is not compared
+    other = [_twin(8, 4, 1, [0.9, 0.4], [0.52, 0.65]), _twin(32, 1, 1, [1.0, 0.5, 0.3], [0.5, 0.6, 0.6])]
+    epochs, loss, accuracy = twin_differences(twin_pairs(same + other)[(8, 4)])
+    assert epochs == [5, 10]
+    assert loss[0] == accuracy[0] == [0.0, 0.0]
+    assert loss[1] == pytest.approx([-0.1, -0.1]) and accuracy[1] == pytest.approx([0.02, 0.05])
+    figure = twins_figure({"swin": same, "bn-cnn": other})
+    assert figure.name == "twins" and figure.png[:8] == PNG
+    assert twins_figure({"swin": [same[1]]}) is None  # no (b x N) run with its (bN x 1) twin
