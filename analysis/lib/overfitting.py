@@ -131,8 +131,13 @@ class Run:
 
     def until(self, epoch: int) -> Run:
         """The run as if it had stopped after ``epoch``: its evaluated epochs up to there."""
-        kept, evaluated = sum(e <= epoch for e in self.epochs), len(self.epochs)
-        history = {k: v[:kept] if isinstance(v, list) and len(v) == evaluated else v for k, v in self.history.items()}
+        return self.only([e for e in self.epochs if e <= epoch])
+
+    def only(self, epochs: list[int]) -> Run:
+        """The run as if it had been evaluated at ``epochs`` (of its evaluated epochs) alone."""
+        keep, evaluated = [i for i, e in enumerate(self.epochs) if e in set(epochs)], len(self.epochs)
+        history = {k: [v[i] for i in keep] if isinstance(v, list) and len(v) == evaluated else v
+                   for k, v in self.history.items()}  # fmt: skip
         return replace(self, history=history)
 
 
@@ -315,14 +320,26 @@ def rises(base: Run, acc: Run) -> tuple[float, float] | None:
     return None if None in out else (out[0], out[1])
 
 
+def on_one_schedule(base: Run, acc: Run) -> tuple[Run, Run]:
+    """The two runs read on one evaluation schedule: up to the shorter run's end, at the epochs both
+    evaluated; after it, the longer run's own. A step-matched run evaluates N times less often per
+    epoch, and a minimum read every 20 epochs lies above the same run's minimum read every 5 by
+    sampling alone."""
+    end, shared = min(base.last_epoch, acc.last_epoch), set(base.epochs) & set(acc.epochs)
+    base, acc = (run.only([e for e in run.epochs if e in shared or e > end]) for run in (base, acc))
+    return base, acc
+
+
 def at_minimum_row(pairs) -> Row:
     """At each run's best epoch: differences in the minimum validation loss, the accuracy there and
     the rise after it (``rises``), and the ratios of the epochs and steps at which it came
-    (accumulated / 1). Pairs in which a run has not reached its minimum are left out."""
+    (accumulated / 1), on one evaluation schedule (``on_one_schedule``). Pairs in which a run has
+    not reached its minimum (on its own schedule) are left out."""
     diffs, out = {}, 0
-    for k, (b, a) in pairs.items():
+    for k, pair in pairs.items():
+        b, a = on_one_schedule(*pair)
         mb, ma, rise = minimum(b), minimum(a), rises(b, a)
-        if not (mb.reached and ma.reached) or rise is None:
+        if not all(minimum(run).reached for run in pair) or rise is None:
             out += 1
             continue
         diffs[k] = {"val_loss": ma.val_loss - mb.val_loss, "val_accuracy": ma.val_accuracy - mb.val_accuracy,
@@ -336,11 +353,13 @@ def later_row(pairs) -> Row:
     """When the minimum comes: accumulated / baseline epochs of the minimum, over the pairs whose
     baseline reached its minimum. An accumulated run still falling at its end counts with its last
     epoch, a lower bound of when its minimum will come, so runs too short to show it weigh against
-    'later', never for it."""
+    'later', never for it. On one evaluation schedule (``on_one_schedule``); whether the baseline
+    reached its minimum, on its own."""
     diffs, out = {}, 0
-    for k, (b, a) in pairs.items():
+    for k, pair in pairs.items():
+        b, a = on_one_schedule(*pair)
         mb = minimum(b)
-        if not mb.reached:
+        if not minimum(pair[0]).reached:
             out += 1
             continue
         diffs[k] = {"epoch_ratio": minimum(a).epoch / mb.epoch}

@@ -18,9 +18,11 @@ from analysis.lib.overfitting import (
     Predictions,
     Run,
     analyse,
+    at_minimum_row,
     decide,
     interpolate_at_loss,
     matched_epochs,
+    on_one_schedule,
     pair_progress,
     reason,
     recovery,
@@ -114,6 +116,26 @@ def test_a_run_whose_minimum_lies_beyond_the_common_progress_has_not_risen_yet()
     base_rise, acc_rise = rises(base, acc)
     assert base_rise == pytest.approx(1.0)  # still falling at training loss 0.5: no rise yet
     assert acc_rise == pytest.approx(1.4 / 1.2)
+
+
+def _curve(epochs, accumulation):
+    """One training curve read at ``epochs``: validation loss lowest (1.0) at epoch 5, between
+    evaluations every 4 epochs."""
+    return Run(accumulation, "cifar10", 32, accumulation, "none", 0, {
+        "epoch": list(epochs), "train_eval_loss": [2.0 / e for e in epochs],
+        "val_loss": [1.0 + 0.05 * abs(e - 5) for e in epochs], "val_accuracy": [0.5 - 0.01 * abs(e - 5) for e in epochs],
+        "optimizer_steps": [10 * e for e in epochs]})  # fmt: skip
+
+
+def test_a_run_evaluated_less_often_is_compared_at_the_epochs_both_evaluated():
+    base = _curve(range(1, 13), 1)  # every epoch, 12 epochs: minimum 1.0 at epoch 5
+    acc = _curve(range(4, 25, 4), 4)  # the same curve every 4 epochs, step-matched to 24: 1.05
+    b, a = on_one_schedule(base, acc)
+    assert b.epochs == [4, 8, 12] and a.epochs == [4, 8, 12, 16, 20, 24]
+    row = at_minimum_row({(32, 0): (base, acc)})
+    # the same curve: no worse minimum, no other epoch; read on its own schedules it would be +0.05
+    assert row.by_batch[32]["val_loss"].mean == pytest.approx(0.0)
+    assert row.by_batch[32]["epoch_ratio"].mean == pytest.approx(1.0)
 
 
 def test_a_pair_is_compared_on_one_training_loss_measure():
