@@ -324,7 +324,8 @@ def twin_differences(pairs: list[tuple[Run, Run]]) -> tuple[list[int], list[list
     """(b x N) minus (bN x 1) at the epochs every pair evaluated: per pair, the training loss
     difference (``twin_loss``) and the validation accuracy difference."""
     epochs = [e for e in pairs[0][1].epochs if all(acc.has(e) and twin.has(e) for acc, twin in pairs)]
-    loss = [[acc.at(e, twin_loss(acc, twin)) - twin.at(e, twin_loss(acc, twin)) for e in epochs] for acc, twin in pairs]
+    measures = [twin_loss(acc, twin) for acc, twin in pairs]
+    loss = [[acc.at(e, m) - twin.at(e, m) for e in epochs] for (acc, twin), m in zip(pairs, measures, strict=True)]
     accuracy = [[acc.at(e, "val_accuracy") - twin.at(e, "val_accuracy") for e in epochs] for acc, twin in pairs]
     return epochs, loss, accuracy
 

@@ -135,7 +135,8 @@ class Run:
 
     def only(self, epochs: list[int]) -> Run:
         """The run as if it had been evaluated at ``epochs`` (of its evaluated epochs) alone."""
-        keep, evaluated = [i for i, e in enumerate(self.epochs) if e in set(epochs)], len(self.epochs)
+        wanted = set(epochs)
+        keep, evaluated = [i for i, e in enumerate(self.epochs) if e in wanted], len(self.epochs)
         history = {k: [v[i] for i in keep] if isinstance(v, list) and len(v) == evaluated else v
                    for k, v in self.history.items()}  # fmt: skip
         return replace(self, history=history)
@@ -338,10 +339,11 @@ def at_minimum_row(pairs) -> Row:
     diffs, out = {}, 0
     for k, pair in pairs.items():
         b, a = on_one_schedule(*pair)
-        mb, ma, rise = minimum(b), minimum(a), rises(b, a)
+        rise = rises(b, a)
         if not all(minimum(run).reached for run in pair) or rise is None:
             out += 1
             continue
+        mb, ma = minimum(b), minimum(a)
         diffs[k] = {"val_loss": ma.val_loss - mb.val_loss, "val_accuracy": ma.val_accuracy - mb.val_accuracy,
                     "rise": rise[1] - rise[0], "epoch_ratio": ma.epoch / mb.epoch, "steps_ratio": ma.steps / mb.steps}  # fmt: skip
     if not diffs:
@@ -357,12 +359,11 @@ def later_row(pairs) -> Row:
     reached its minimum, on its own."""
     diffs, out = {}, 0
     for k, pair in pairs.items():
-        b, a = on_one_schedule(*pair)
-        mb = minimum(b)
         if not minimum(pair[0]).reached:
             out += 1
             continue
-        diffs[k] = {"epoch_ratio": minimum(a).epoch / mb.epoch}
+        b, a = on_one_schedule(*pair)
+        diffs[k] = {"epoch_ratio": minimum(a).epoch / minimum(b).epoch}
     if not diffs:
         return Row("minimum epoch, accumulated / baseline", {"epoch_ratio": EMPTY}, {}, 0, out)
     return effect_row("minimum epoch, accumulated / baseline", diffs, ("epoch_ratio",), left_out=out)
